@@ -1,0 +1,48 @@
+# hmba-db: every target sets itself up (a local .venv from PyPI) and needs only Python 3.11.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data
+SCALE ?= 0.01
+
+.PHONY: help demo test bench lint format synth check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP) ## generate a small synthetic release and check it, showing a real result
+	$(BIN)/hmba-db synth $(DATA)/demo-release --scale 0.002 --genes 3000 --force
+	$(BIN)/hmba-db check $(DATA)/demo-release --md5
+	$(BIN)/python -m build_db.demo $(DATA)/demo-release
+
+test: $(STAMP) ## run the test suite (fast tests only; slow ones run in bench)
+	$(BIN)/pytest -q
+
+bench: $(STAMP) ## measure synth at --scale 0.01 and 0.1 (time, peak memory, disk) and run slow tests
+	$(BIN)/python -m build_db.bench --out $(DATA)/bench
+	$(BIN)/pytest -q -m slow
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check build_db tests
+	$(BIN)/ruff format --check build_db tests
+
+format: $(STAMP) ## apply ruff formatting and fixable lints
+	$(BIN)/ruff format build_db tests
+	$(BIN)/ruff check --fix build_db tests
+
+synth: $(STAMP) ## write a synthetic release at SCALE (default 0.01, all genes) to DATA/release-SCALE
+	$(BIN)/hmba-db synth $(DATA)/release-$(SCALE) --scale $(SCALE) --force
+
+check: $(STAMP) ## check the release written by `make synth`
+	$(BIN)/hmba-db check $(DATA)/release-$(SCALE) --md5
+
+clean: ## remove generated data, caches and the virtualenv
+	rm -rf $(DATA) $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,21 @@
+"""hmba-db: a columnar database build of the HMBA basal-ganglia single-nucleus RNA-seq release."""
+
+__version__ = "0.1.0"  # before the imports: build.py records it in build.json
+
+from .build import BuildResult, build  # noqa: E402
+from .check import CheckReport, Problem, check_release  # noqa: E402
+from .errors import HmbaError, ReleaseError  # noqa: E402
+from .synth import synth  # noqa: E402
+from .verify import verify_store  # noqa: E402
+
+__all__ = [
+    "BuildResult",
+    "CheckReport",
+    "HmbaError",
+    "Problem",
+    "ReleaseError",
+    "build",
+    "check_release",
+    "synth",
+    "verify_store",
+]

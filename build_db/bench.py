@@ -1,0 +1,131 @@
+"""`make bench`: measure `hmba-db synth` along a scale ladder (time, peak memory of the process tree, disk).
+
+Run as `python -m build_db.bench --out data/bench [--scales 0.01,0.1] [--full]`. `--full` adds `--scale 1`
+(about 9 billion non-zeros; hours and ~25 GB of disk). Prints a Markdown table for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import release as R
+from .h5ad import CsrReader
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak resident bytes (whole process tree, sampled every 50 ms) of a command."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.05)
+    took = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()}")
+    return took, peak
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def synth_ladder(out: Path, scales: list[float]) -> list[dict]:
+    rows = []
+    exe = [sys.executable, "-m", "build_db"]
+    for scale in scales:
+        target = out / f"release-{scale:g}"
+        took, peak = run_measured([*exe, "synth", str(target), "--scale", str(scale), "--force", "--quiet"])
+        nnz = 0
+        for s in R.SPECIES:
+            with CsrReader(target / R.matrix_path(s, "raw")) as m:
+                nnz += m.nnz
+        t1 = time.perf_counter()
+        subprocess.run([*exe, "check", str(target)], check=True, stdout=subprocess.DEVNULL)
+        check_s = time.perf_counter() - t1
+        rows.append(
+            {
+                "scale": scale,
+                "cells": sum(round(R.REAL_CELLS[s] * scale) for s in R.SPECIES),
+                "nnz": nnz,
+                "seconds": took,
+                "peak_bytes": peak,
+                "disk_bytes": _du(target),
+                "check_seconds": check_s,
+            }
+        )
+        print(
+            f"scale {scale:g}: {took:.1f} s, peak {peak / 2**30:.2f} GiB, "
+            f"{_du(target) / 2**30:.2f} GiB on disk, "
+            f"{nnz:,} non-zeros, check {check_s:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        if scale >= 0.5:
+            shutil.rmtree(target)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| scale | cells | non-zeros | synth time | peak memory (all processes) | disk | non-zeros/s "
+        "| check |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scale']:g} | {r['cells']:,} | {r['nnz'] / 1e6:,.0f} M | {r['seconds']:.0f} s | "
+            f"{r['peak_bytes'] / 2**30:.2f} GiB | {r['disk_bytes'] / 2**30:.2f} GiB | "
+            f"{r['nnz'] / r['seconds'] / 1e6:.1f} M | {r['check_seconds']:.1f} s |"
+        )
+    if len(rows) >= 2 and rows[-1]["scale"] < 1:
+        a, b = rows[-2], rows[-1]
+        k = 1.0 / b["scale"]
+        rate = (b["nnz"] - a["nnz"]) / max(1e-9, b["seconds"] - a["seconds"])
+        nnz1 = b["nnz"] * k
+        lines.append(
+            f"| 1 (extrapolated) | {sum(R.REAL_CELLS.values()):,} | {nnz1 / 1e9:.1f} B | "
+            f"~{nnz1 / rate / 3600:.1f} h | ~{b['peak_bytes'] / 2**30:.2f} GiB (flat) | "
+            f"~{b['disk_bytes'] * k / 2**30:.0f} GiB | | |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m build_db.bench", description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("data/bench"))
+    ap.add_argument("--scales", default="0.01,0.1", help="comma-separated synth scales")
+    ap.add_argument("--full", action="store_true", help="also run --scale 1 (hours, ~25 GB of disk)")
+    args = ap.parse_args(argv)
+    scales = [float(s) for s in args.scales.split(",")] + ([1.0] if args.full else [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(table(synth_ladder(args.out, scales)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

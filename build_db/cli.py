@@ -1,0 +1,240 @@
+"""The `hmba-db` command line: a thin shell over the library; it parses arguments and formats output."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import release as R
+from .errors import HmbaError
+
+
+def _species(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    lookup = {s.lower(): s for s in R.SPECIES}
+    bad = [n for n in names if n.lower() not in lookup]
+    if bad:
+        raise click.BadParameter(f"unknown species {', '.join(bad)}; choose from {', '.join(R.SPECIES)}")
+    return tuple(lookup[n.lower()] for n in names)
+
+
+def _parts(value: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [n for n in names if n not in R.PARTS]
+    if bad:
+        raise click.BadParameter(f"unknown part {', '.join(bad)}; choose from {', '.join(R.PARTS)}")
+    return names
+
+
+def _genes(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number; give a gene count or 'all'") from None
+    if n < 100:
+        raise click.BadParameter("give at least 100 genes (the marker genes must fit), or 'all'")
+    return n
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HmbaError as e:
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hmba-db")
+def main() -> None:
+    """Build and query a columnar database of the HMBA basal-ganglia snRNA-seq release.
+
+    Example:
+
+        hmba-db synth data/release && hmba-db check data/release
+    """
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--scale",
+    type=float,
+    default=0.001,
+    show_default=True,
+    help="Fraction of the real cell counts (1 = 1,683,105 Human, 839,102 Macaque, 414,575 Marmoset).",
+)
+@click.option(
+    "--genes",
+    default="all",
+    show_default=True,
+    help="Genes per species: a number (markers always included) or 'all' for the real counts.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; same seed, same release.")
+@click.option("--species", default=",".join(R.SPECIES), show_default=True, help="Comma-separated species.")
+@click.option(
+    "--jobs", type=int, default=2, show_default=True, help="Processes (one species each at a time)."
+)
+@click.option(
+    "--raw-dtype",
+    type=click.Choice(R.RAW_DTYPES),
+    default="float32",
+    show_default=True,
+    help="Stored dtype of the raw counts.",
+)
+@click.option(
+    "--index-dtype",
+    type=click.Choice(["auto", "int32", "int64"]),
+    default="auto",
+    show_default=True,
+    help="CSR indices/indptr dtype; auto switches to int64 at 2^31-1 non-zeros like the ABC writer.",
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it already holds files.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force, quiet):
+    """Write a synthetic HMBA-BG release under OUT, in the bucket's own tree.
+
+    Same file names, CSV columns, h5ad layout and manifest (sizes, md5s) as the real release, with marker
+    genes expressed where they belong and the real release's quirks.
+
+    Example:
+
+        hmba-db synth data/release --scale 0.01 --genes all --seed 1
+    """
+    from .synth import synth as run
+
+    run(
+        out,
+        scale=scale,
+        genes=_genes(genes),
+        seed=seed,
+        species=_species(species),
+        jobs=jobs,
+        raw_dtype=raw_dtype,
+        index_dtype=index_dtype,
+        force=force,
+        quiet=quiet,
+    )
+
+
+@main.command()
+@click.argument("release", type=click.Path(path_type=Path))
+@click.option(
+    "--species", default=None, help="Comma-separated species to require (default: all in the manifest)."
+)
+@click.option(
+    "--what",
+    "what",
+    default=",".join(R.PARTS),
+    show_default=True,
+    help="Parts to require: raw, log2, metadata, taxonomy.",
+)
+@click.option(
+    "--md5", is_flag=True, help="Also verify every file's md5 against the manifest (reads every byte)."
+)
+@click.option("--release", "version", default=R.VERSION, show_default=True, help="Release version.")
+def check(release, species, what, md5, version):
+    """Validate a release directory before any long work; exit 0 when clean, 1 otherwise.
+
+    Checks the manifest, every file's presence and size (md5 with --md5), CSV headers, h5ad structure, and
+    that matrix shapes agree with the metadata row counts. One line per problem, naming the file and the fix.
+
+    Example:
+
+        hmba-db check data/release --species Marmoset --md5
+    """
+    from .check import check_release
+
+    report = check_release(release, species=_species(species), parts=_parts(what), md5=md5, version=version)
+    for p in report.problems:
+        click.echo(str(p))
+    if not report.ok:
+        click.echo(f"{len(report.problems)} problem(s) in {release}", err=True)
+        sys.exit(1)
+    shapes = ", ".join(f"{k} {v[0]:,} x {v[1]:,}" for k, v in report.shapes.items() if k.endswith("/raw"))
+    click.echo(f"OK: {report.files} files checked{' with md5' if md5 else ''}; {shapes or 'no matrices'}")
+
+
+@main.command()
+@click.argument("release", type=click.Path(path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option(
+    "--species", default=None, help="Comma-separated species (default: every species with a raw matrix)."
+)
+@click.option(
+    "--jobs", type=int, default=2, show_default=True, help="Worker processes (the machine has 2 cores)."
+)
+@click.option(
+    "--bucket-nnz",
+    type=int,
+    default=None,
+    help="Target non-zeros per gene bucket (default 80,000,000: ~64 buckets for full Human).",
+)
+@click.option("--release", "version", default=R.VERSION, show_default=True, help="Release version.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def build(release, store, species, jobs, bucket_nnz, version, quiet):
+    """Build the store at STORE from the release directory RELEASE.
+
+    Checks the release first, transposes each species' raw matrix into gene-bucketed Parquet sorted by
+    (gene, cell), verifies every non-zero against the source, and publishes the store atomically. A
+    killed build resumes where it stopped when run again with the same arguments.
+
+    Example:
+
+        hmba-db build data/release data/store --species Marmoset
+    """
+    from .build import build as run
+    from .transpose import BUCKET_TARGET_NNZ
+
+    run(
+        release,
+        store,
+        species=_species(species),
+        jobs=jobs,
+        bucket_nnz=bucket_nnz or BUCKET_TARGET_NNZ,
+        version=version,
+        quiet=quiet,
+    )
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--species", default=None, help="Comma-separated species to verify (default: all).")
+def verify(store, species):
+    """Reconcile the store with the numbers its build took from the source; exit 1 on any difference.
+
+    Per species and gene bucket: non-zeros, sum of counts and two position checksums; per cell: total
+    counts and genes detected; and the Parquet sort order.
+
+    Example:
+
+        hmba-db verify data/store
+    """
+    import json
+
+    from .verify import verify_store
+
+    problems = verify_store(store, list(_species(species) or ()))
+    for p in problems:
+        click.echo(p)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {store}", err=True)
+        sys.exit(1)
+    info = json.loads((Path(store) / "build.json").read_text())
+    for sp, meta in info["species"].items():
+        if species and sp not in (_species(species) or ()):
+            continue
+        click.echo(
+            f"OK: {sp}: {meta['nnz']:,} non-zeros in {meta['buckets']} buckets, {meta['cells']:,} cells, "
+            f"sum {meta['sum']:,}: counts, checksums and per-cell totals reconcile"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The release manifest (`releases/<version>/manifest.json`), in the format abc_atlas_access reads.
+
+DATASET.md section 1.1. A manifest lists every file with its relative path, size and md5; we write one for
+synthetic releases and read one to check, download and build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import release as R
+from .errors import ReleaseError
+
+MD5_CHUNK = 1_000_000  # the official client reads in 1,000,000-byte chunks; same here
+
+
+def md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(MD5_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    directory: str  # HMBA-10xMultiome-BG or HMBA-BG-taxonomy-CCN20250428
+    kind: str  # expression_matrices or metadata
+    key: str  # file name without extension (h5ad: without -raw/-log2)
+    variant: str | None  # raw / log2 for h5ad files, else None
+    ext: str
+    relative_path: str
+    size: int
+    file_hash: str
+    version: str
+    url: str
+
+    @property
+    def part(self) -> str:
+        """Which `--what` part the file belongs to: raw, log2, metadata or taxonomy."""
+        if self.variant is not None:
+            return self.variant
+        return "taxonomy" if self.directory == R.TAXONOMY_DIR else "metadata"
+
+    @property
+    def species(self) -> str | None:
+        """The species a file is specific to (matrices and gene tables), or None when shared."""
+        for sp in R.SPECIES:
+            if self.variant is not None and self.key == R.matrix_stem(sp):
+                return sp
+            if self.variant is None and self.key == R.gene_table(sp):
+                return sp
+        return None
+
+    def to_json(self) -> dict:
+        return {
+            "version": self.version,
+            "relative_path": self.relative_path,
+            "url": self.url,
+            "size": self.size,
+            "file_hash": self.file_hash,
+        }
+
+
+def entry_for(root: Path, relative_path: str, version: str = R.VERSION) -> FileEntry:
+    """Describe a file of a release tree on disk (size and md5 measured now)."""
+    kind, directory, _, name = relative_path.split("/", 3)
+    path = Path(root) / relative_path
+    ext = name.rsplit(".", 1)[1]
+    variant = None
+    key = name.rsplit(".", 1)[0]
+    if ext == "h5ad":
+        key, variant = key.rsplit("-", 1)
+    return FileEntry(
+        directory,
+        kind,
+        key,
+        variant,
+        ext,
+        relative_path,
+        path.stat().st_size,
+        md5_file(path),
+        version,
+        R.BUCKET_URL + relative_path,
+    )
+
+
+def write_manifest(root: Path, entries: list[FileEntry], version: str = R.VERSION) -> Path:
+    listing: dict = {}
+    dirs: dict = {}
+    for e in entries:
+        slot = listing.setdefault(e.directory, {}).setdefault(e.kind, {})
+        if e.variant is None:
+            slot[e.key] = {"files": {e.ext: e.to_json()}}
+        else:
+            slot.setdefault(e.key, {})[e.variant] = {"files": {e.ext: e.to_json()}}
+        d = dirs.setdefault(e.directory, {}).setdefault(
+            e.kind,
+            {
+                "version": version,
+                "relative_path": f"{e.kind}/{e.directory}/{version}",
+                "url": f"{R.BUCKET_URL}{e.kind}/{e.directory}/{version}/",
+                "view_link": f"https://{R.BUCKET}.s3.us-west-2.amazonaws.com/index.html#{e.kind}/{e.directory}/{version}/",
+                "total_size": 0,
+            },
+        )
+        d["total_size"] += e.size
+    manifest = {
+        "version": version,
+        "resource_uri": R.RESOURCE_URI,
+        "directory_listing": {k: {"directories": v} for k, v in dirs.items()},
+        "file_listing": listing,
+    }
+    path = Path(root) / R.manifest_path(version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def parse_manifest(data: dict, source: str = "manifest.json") -> list[FileEntry]:
+    """Every file a manifest lists. Raises ReleaseError naming the manifest and the bad key."""
+
+    def bad(what: str, key: str) -> ReleaseError:
+        return ReleaseError(
+            f"{source}: {what} at {key}; fetch the manifest again (hmba-db download --dry-run)",
+            path=source,
+            key=key,
+        )
+
+    for k in ("version", "file_listing", "directory_listing"):
+        if k not in data:
+            raise bad(f"missing key {k!r}", "/")
+    out = []
+    for directory, kinds in data["file_listing"].items():
+        for kind, files in kinds.items():
+            for key, entry in files.items():
+                where = f"file_listing/{directory}/{kind}/{key}"
+                if not isinstance(entry, dict):
+                    raise bad("expected an object", where)
+                variants = [(None, entry)] if "files" in entry else list(entry.items())
+                for variant, sub in variants:
+                    files_obj = sub.get("files") if isinstance(sub, dict) else None
+                    if not isinstance(files_obj, dict) or len(files_obj) != 1:
+                        raise bad("expected {'files': {EXT: FILE}}", f"{where}/{variant or ''}".rstrip("/"))
+                    ((ext, f),) = files_obj.items()
+                    for field in ("relative_path", "size", "file_hash", "version", "url"):
+                        if field not in f:
+                            raise bad(f"file entry lacks {field!r}", f"{where}/{variant or ext}")
+                    out.append(
+                        FileEntry(
+                            directory,
+                            kind,
+                            key,
+                            variant,
+                            ext,
+                            f["relative_path"],
+                            int(f["size"]),
+                            f["file_hash"],
+                            f["version"],
+                            f["url"],
+                        )
+                    )
+    return out
+
+
+def read_manifest(root: Path, version: str = R.VERSION) -> tuple[dict, list[FileEntry]]:
+    path = Path(root) / R.manifest_path(version)
+    if not path.exists():
+        found = sorted(p.parent.name for p in (Path(root) / "releases").glob("*/manifest.json"))
+        hint = (
+            f" (found versions: {', '.join(found)}; pass --release)"
+            if found
+            else "; download the release into this directory or generate one (hmba-db synth)"
+        )
+        raise ReleaseError(f"{path}: manifest not found{hint}", path=path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReleaseError(f"{path}: not valid JSON ({e}); fetch the manifest again", path=path) from e
+    return data, parse_manifest(data, str(path))

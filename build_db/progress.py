@@ -1,0 +1,43 @@
+"""Messages to stderr and progress bars that switch themselves off when quiet or not on a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+class Reporter:
+    """Step logging (`step [n of N] ...`) and progress bars for one long operation."""
+
+    def __init__(self, quiet: bool = False, steps: int | None = None):
+        self.quiet = quiet
+        self.steps = steps
+        self.step_no = 0
+        self.t0 = time.monotonic()
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def step(self, message: str) -> None:
+        self.step_no += 1
+        of = f" of {self.steps}" if self.steps else ""
+        self.log(f"step [{self.step_no}{of}] {message}")
+
+    def bar(self, total: float, desc: str, unit: str = "it", unit_scale: bool = True) -> tqdm:
+        # Bars only on an interactive terminal: logs and CI output stay readable.
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            unit_scale=unit_scale,
+            file=sys.stderr,
+            disable=self.quiet or not sys.stderr.isatty(),
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0

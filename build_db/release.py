@@ -1,0 +1,273 @@
+"""The HMBA-BG release layout, declared once: directories, file names, CSV columns, species.
+
+Everything that writes (synth), reads (build) or validates (check) a release takes its names from here.
+The source for every name is ../shared/hmba-bg/DATASET.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+VERSION = "20250630"
+BUCKET = "allen-brain-cell-atlas"
+BUCKET_URL = f"https://{BUCKET}.s3.us-west-2.amazonaws.com/"
+RESOURCE_URI = f"s3://{BUCKET}/"
+
+EXPRESSION_DIR = "HMBA-10xMultiome-BG"
+TAXONOMY_DIR = "HMBA-BG-taxonomy-CCN20250428"
+DATASET_LABEL = "HMBA-10xMultiome-BG"
+
+SPECIES = ("Human", "Macaque", "Marmoset")
+
+# Real cells x genes per species matrix (DATASET.md section 2); `synth --scale 1` reproduces them.
+REAL_CELLS = {"Human": 1_683_105, "Macaque": 839_102, "Marmoset": 414_575}
+REAL_GENES = {"Human": 36_601, "Macaque": 35_219, "Marmoset": 35_787}
+
+MATRIX_KINDS = ("raw", "log2")
+PARTS = ("raw", "log2", "metadata", "taxonomy")
+
+
+def manifest_path(version: str = VERSION) -> str:
+    return f"releases/{version}/manifest.json"
+
+
+def matrix_stem(species: str) -> str:
+    """The h5ad file stem, which is also the cells' `feature_matrix_label`."""
+    return f"{EXPRESSION_DIR}-{species}"
+
+
+def matrix_path(species: str, kind: str, version: str = VERSION) -> str:
+    return f"expression_matrices/{EXPRESSION_DIR}/{version}/{matrix_stem(species)}-{kind}.h5ad"
+
+
+def metadata_path(name: str, version: str = VERSION) -> str:
+    return f"metadata/{EXPRESSION_DIR}/{version}/{name}.csv"
+
+
+def taxonomy_path(name: str, version: str = VERSION) -> str:
+    return f"metadata/{TAXONOMY_DIR}/{version}/{name}.csv"
+
+
+def gene_table(species: str) -> str:
+    return f"{species.lower()}_gene"
+
+
+@dataclass(frozen=True)
+class CsvSpec:
+    """One release CSV: where it lives, its key, and the columns a loader needs.
+
+    `columns` is the exact header the release writes (and synth reproduces, in this order); `required` is
+    what a loader reads by name, so a reordered or extended header is accepted and a missing column is not.
+    """
+
+    name: str
+    directory: str  # EXPRESSION_DIR or TAXONOMY_DIR
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    required: tuple[str, ...] | None = None
+    species: str | None = None  # set for the per-species gene tables
+
+    @property
+    def needed(self) -> tuple[str, ...]:
+        return self.required if self.required is not None else self.columns
+
+    def relative_path(self, version: str = VERSION) -> str:
+        if self.directory == EXPRESSION_DIR:
+            return metadata_path(self.name, version)
+        return taxonomy_path(self.name, version)
+
+    @property
+    def part(self) -> str:
+        return "metadata" if self.directory == EXPRESSION_DIR else "taxonomy"
+
+
+CELL_METADATA = CsvSpec(
+    "cell_metadata",
+    EXPRESSION_DIR,
+    (
+        "cell_label",
+        "cell_barcode",
+        "donor_label",
+        "barcoded_cell_sample_label",
+        "library_label",
+        "alignment_job_id",
+        "doublet_score",
+        "umi_count",
+        "feature_matrix_label",
+        "dataset_label",
+        "abc_sample_id",
+    ),
+    key=("cell_label",),
+)
+DONOR = CsvSpec(
+    "donor",
+    EXPRESSION_DIR,
+    (
+        "donor_label",
+        "donor_species",
+        "species_scientific_name",
+        "species_genus",
+        "donor_sex",
+        "donor_age",
+        "donor_age_value",
+        "donor_age_unit",
+        "donor_nhash_id",
+    ),
+    key=("donor_label",),
+)
+LIBRARY = CsvSpec(
+    "library",
+    EXPRESSION_DIR,
+    (
+        "library_label",
+        "library_method",
+        "library_nhash_id",
+        "barcoded_cell_sample_label",
+        "enrichment_population",
+        "cell_specimen_type",
+        "parcellation_term_identifier",
+        "region_of_interest_name",
+        "region_of_interest_label",
+        "anatomical_division_label",
+        "donor_label",
+        "specimen_dissected_roi_label",
+        "specimen_dissected_roi_nhash_id",
+        "slab_label",
+        "slab_nhash_id",
+    ),
+    key=("library_label",),
+)
+VALUE_SETS = CsvSpec(
+    "value_sets",
+    EXPRESSION_DIR,
+    (
+        "label",
+        "table",
+        "field",
+        "description",
+        "order",
+        "external_identifier",
+        "parent_label",
+        "color_hex_triplet",
+    ),
+    key=("field", "label"),
+    required=("label", "field", "description", "order", "color_hex_triplet"),
+)
+GENE_TABLES = {
+    species: CsvSpec(
+        gene_table(species),
+        EXPRESSION_DIR,
+        # The other columns vary by species; synth writes a few so the loader's keep-as-text path runs.
+        ("gene_identifier", "gene_symbol", "name", "mapped_ncbi_identifier")
+        + (("biotype",) if species == "Human" else ()),
+        key=("gene_identifier",),
+        required=("gene_identifier", "gene_symbol"),
+        species=species,
+    )
+    for species in SPECIES
+}
+
+TERM_SET = CsvSpec(
+    "cluster_annotation_term_set", TAXONOMY_DIR, ("label", "name", "description", "order"), key=("label",)
+)
+TERM = CsvSpec(
+    "cluster_annotation_term",
+    TAXONOMY_DIR,
+    (
+        "label",
+        "name",
+        "cluster_annotation_term_set_label",
+        "cluster_annotation_term_set_name",
+        "color_hex_triplet",
+        "term_order",
+        "term_set_order",
+        "parent_term_label",
+        "parent_term_name",
+        "parent_term_set_label",
+    ),
+    key=("label",),
+)
+CLUSTER = CsvSpec("cluster", TAXONOMY_DIR, ("label", "cluster_alias", "number_of_cells"), key=("label",))
+CLUSTER_MEMBERSHIP = CsvSpec(
+    "cluster_to_cluster_annotation_membership",
+    TAXONOMY_DIR,
+    (
+        "cluster_annotation_term_label",
+        "cluster_annotation_term_set_label",
+        "cluster_alias",
+        "cluster_annotation_term_set_name",
+        "cluster_annotation_term_name",
+    ),
+    key=("cluster_alias", "cluster_annotation_term_set_label"),
+)
+CELL_MEMBERSHIP = CsvSpec(
+    "cell_to_cluster_membership",
+    TAXONOMY_DIR,
+    ("cell_label", "cluster_alias", "cluster_label"),
+    key=("cell_label",),
+)
+EMBEDDING = CsvSpec(
+    "cell_2d_embedding_coordinates", TAXONOMY_DIR, ("cell_label", "x", "y"), key=("cell_label",)
+)
+ABBREVIATION = CsvSpec(
+    "abbreviation_term",
+    TAXONOMY_DIR,
+    (
+        "abbreviation_term",
+        "abbreviation_meaning",
+        "abbreviation_type",
+        "primary_identifier",
+        "secondary_identifier",
+    ),
+    key=("abbreviation_term",),
+)
+ABBREVIATION_MAP = CsvSpec(
+    "cluster_annotation_to_abbreviation_map",
+    TAXONOMY_DIR,
+    ("cluster_annotation_term_label", "abbreviation_term"),
+    key=("cluster_annotation_term_label", "abbreviation_term"),
+)
+
+METADATA_CSVS = (CELL_METADATA, DONOR, LIBRARY, VALUE_SETS, *GENE_TABLES.values())
+TAXONOMY_CSVS = (
+    TERM_SET,
+    TERM,
+    CLUSTER,
+    CLUSTER_MEMBERSHIP,
+    CELL_MEMBERSHIP,
+    EMBEDDING,
+    ABBREVIATION,
+    ABBREVIATION_MAP,
+)
+ALL_CSVS = METADATA_CSVS + TAXONOMY_CSVS
+
+# The taxonomy's five levels, coarse to fine (DATASET.md section 4).
+LEVELS = ("Neighborhood", "Class", "Subclass", "Group", "Cluster")
+LEVEL_LABELS = {name: f"CCN20250428_LEVEL_{i}" for i, name in enumerate(LEVELS)}
+TERM_PREFIX = {
+    "Neighborhood": "NEIGH",
+    "Class": "CLASS",
+    "Subclass": "SUBCL",
+    "Group": "GROUP",
+    "Cluster": "CLUST",
+}
+
+# Accepted stored dtypes of the raw counts (DATASET.md section 2: unknown, so accept all plausible ones).
+RAW_DTYPES = ("float32", "float64", "int32", "int64", "uint16", "uint32")
+
+
+def csvs_for(species: tuple[str, ...] | list[str], parts: tuple[str, ...] | list[str]) -> list[CsvSpec]:
+    """The CSVs a release needs for these species and parts (gene tables only for the chosen species)."""
+    out = []
+    for spec in ALL_CSVS:
+        if spec.part not in parts:
+            continue
+        if spec.species is not None and spec.species not in species:
+            continue
+        out.append(spec)
+    return out
+
+
+def local(release: Path, relative_path: str) -> Path:
+    return Path(release) / relative_path

@@ -1,0 +1,46 @@
+"""Shared fixtures: small synthetic releases built in code, once per test session."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from build_db import release as R
+from build_db.manifest import md5_file
+from build_db.synth import synth
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory) -> Path:
+    """~1,500 cells x 400 genes per species: every file of the real release, built in about a second.
+
+    Read-only: tests that damage a release copy it first (see `release_copy`).
+    """
+    out = tmp_path_factory.mktemp("tiny") / "release"
+    return synth(out, scale=0.0008, genes=400, seed=7, quiet=True)
+
+
+@pytest.fixture
+def release_copy(tiny_release, tmp_path) -> Path:
+    dst = tmp_path / "release"
+    shutil.copytree(tiny_release, dst)
+    return dst
+
+
+def restamp(release: Path, relative_path: str) -> None:
+    """Make the manifest agree with a file we changed on purpose (so later checks see the change)."""
+    mpath = release / R.manifest_path()
+    data = json.loads(mpath.read_text())
+    path = release / relative_path
+    for kinds in data["file_listing"].values():
+        for files in kinds.values():
+            for entry in files.values():
+                for sub in [entry] if "files" in entry else entry.values():
+                    (f,) = sub["files"].values()
+                    if f["relative_path"] == relative_path:
+                        f["size"] = path.stat().st_size
+                        f["file_hash"] = md5_file(path)
+    mpath.write_text(json.dumps(data))

@@ -1,0 +1,174 @@
+"""`check` finds each kind of defect and names the file and the fix; a clean release passes."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from build_db import release as R
+from build_db.check import check_release
+from build_db.cli import main
+
+from .conftest import restamp
+
+RAW = R.matrix_path("Human", "raw")
+
+
+def messages(release, **kw) -> list[str]:
+    return [str(p) for p in check_release(release, **kw).problems]
+
+
+def test_clean_release_exits_zero(tiny_release):
+    result = CliRunner().invoke(main, ["check", str(tiny_release), "--md5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("OK: 21 files checked with md5; Human/raw 1,346 x 400")
+
+
+def test_missing_manifest(tmp_path):
+    msgs = messages(tmp_path)
+    assert len(msgs) == 1 and "manifest.json: manifest not found" in msgs[0]
+
+
+def test_missing_file(release_copy):
+    (release_copy / RAW).unlink()
+    msgs = messages(release_copy)
+    assert msgs == [
+        f"{RAW}: missing; download it again from the release bucket or leave it out with --species/--what"
+    ]
+    # Restricting to the species that are present makes the release usable.
+    assert messages(release_copy, species=("Macaque", "Marmoset")) == []
+    assert messages(release_copy, parts=("log2", "metadata", "taxonomy")) == []
+
+
+def test_wrong_size(release_copy):
+    with open(release_copy / R.DONOR.relative_path(), "a") as f:
+        f.write("extra\n")
+    (msg,) = messages(release_copy)
+    assert (
+        msg.startswith(R.DONOR.relative_path() + ": size ") and "manifest says" in msg and "truncated" in msg
+    )
+
+
+def test_wrong_md5_only_with_md5(release_copy):
+    path = release_copy / R.TERM.relative_path()
+    data = bytearray(path.read_bytes())
+    data[-3] = ord("x") if data[-3] != ord("x") else ord("y")  # same size, different content
+    path.write_bytes(bytes(data))
+    assert messages(release_copy) == []
+    (msg,) = messages(release_copy, md5=True)
+    assert msg.startswith(R.TERM.relative_path() + ": md5 differs from the manifest's")
+
+
+def test_missing_column(release_copy):
+    rel = R.DONOR.relative_path()
+    df = pd.read_csv(release_copy / rel, dtype=str).drop(columns=["species_genus"])
+    df.to_csv(release_copy / rel, index=False)
+    restamp(release_copy, rel)
+    (msg,) = messages(release_copy)
+    assert msg.startswith(f"{rel}: missing column species_genus (header has donor_label,")
+
+
+def test_extra_and_reordered_columns_are_fine(release_copy):
+    rel = R.GENE_TABLES["Macaque"].relative_path()
+    df = pd.read_csv(release_copy / rel, dtype=str)
+    df["chromosome"] = "1"
+    df[["gene_symbol", "chromosome", "gene_identifier", "name"]].to_csv(release_copy / rel, index=False)
+    restamp(release_copy, rel)
+    assert messages(release_copy) == []
+
+
+def test_shape_disagrees_with_cell_metadata(release_copy):
+    rel = R.CELL_METADATA.relative_path()
+    df = pd.read_csv(release_copy / rel, dtype=str, keep_default_na=False)
+    human = df.index[df.feature_matrix_label == "HMBA-10xMultiome-BG-Human"]
+    df.drop(human[:3]).to_csv(release_copy / rel, index=False)
+    restamp(release_copy, rel)
+    msgs = messages(release_copy)
+    assert len(msgs) == 2  # raw and log2
+    assert msgs[0] == (
+        f"{RAW}: 1,346 cells but cell_metadata.csv has 1,343 rows with feature_matrix_label "
+        "HMBA-10xMultiome-BG-Human; matrix and metadata are from different releases: download it "
+        "again from the release bucket"
+    )
+
+
+def test_shape_disagrees_with_gene_table(release_copy):
+    rel = R.GENE_TABLES["Marmoset"].relative_path()
+    df = pd.read_csv(release_copy / rel, dtype=str)
+    df.iloc[:-1].to_csv(release_copy / rel, index=False)
+    restamp(release_copy, rel)
+    msgs = messages(release_copy)
+    assert len(msgs) == 2
+    assert "400 genes but metadata/HMBA-10xMultiome-BG/20250630/marmoset_gene.csv has 399 rows" in msgs[0]
+
+
+def test_gene_identifiers_disagree(release_copy):
+    rel = R.GENE_TABLES["Human"].relative_path()
+    df = pd.read_csv(release_copy / rel, dtype=str)
+    df.loc[5, "gene_identifier"] = "ENSG99999999999"
+    df.to_csv(release_copy / rel, index=False)
+    restamp(release_copy, rel)
+    msgs = messages(release_copy)
+    assert len(msgs) == 2 and "(column 5) is not in" in msgs[0]
+
+
+def test_truncated_h5ad(release_copy):
+    path = release_copy / RAW
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    restamp(release_copy, RAW)
+    msgs = messages(release_copy)
+    assert any(m.startswith(f"{RAW}: not a readable HDF5/h5ad file") for m in msgs), msgs
+
+
+def test_not_csr(release_copy):
+    import h5py
+
+    with h5py.File(release_copy / RAW, "a") as f:
+        f["X"].attrs["encoding-type"] = "csc_matrix"
+    restamp(release_copy, RAW)
+    (msg,) = messages(release_copy)
+    assert msg == f"{RAW}: 'X' has encoding 'csc_matrix', expected 'csr_matrix' (cells x genes)"
+
+
+def test_damaged_manifest_entry(release_copy):
+    mpath = release_copy / R.manifest_path()
+    data = json.loads(mpath.read_text())
+    entry = data["file_listing"]["HMBA-10xMultiome-BG"]["metadata"]["donor"]["files"]["csv"]
+    entry["file_hash"] = "not-a-digest"
+    mpath.write_text(json.dumps(data))
+    (msg,) = messages(release_copy)
+    assert "entry HMBA-10xMultiome-BG/metadata/donor" in msg and "is not an md5 hex digest" in msg
+
+
+def test_cli_prints_one_line_per_problem_and_exits_one(release_copy):
+    (release_copy / RAW).unlink()
+    (release_copy / R.LIBRARY.relative_path()).unlink()
+    result = (
+        CliRunner(mix_stderr=False).invoke(main, ["check", str(release_copy)])
+        if _mix()
+        else CliRunner().invoke(main, ["check", str(release_copy)])
+    )
+    assert result.exit_code == 1
+    lines = [ln for ln in result.stdout.splitlines() if ln]
+    assert len(lines) == 2 and all(": missing;" in ln for ln in lines)
+
+
+def _mix() -> bool:
+    import inspect
+
+    return "mix_stderr" in inspect.signature(CliRunner).parameters
+
+
+@pytest.mark.parametrize(
+    "args,error",
+    [
+        (["--species", "Mouse"], "unknown species Mouse"),
+        (["--what", "raw,bogus"], "unknown part bogus"),
+    ],
+)
+def test_cli_rejects_bad_options(tiny_release, args, error):
+    result = CliRunner().invoke(main, ["check", str(tiny_release), *args])
+    assert result.exit_code == 2 and error in result.output

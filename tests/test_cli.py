@@ -1,0 +1,73 @@
+"""The command line: every command documented (help with an example, a README section), errors as one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from build_db.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = sorted(main.commands)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_an_example(name):
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and f"hmba-db {name}" in result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_is_in_the_readme(name):
+    assert f"hmba-db {name}" in (ROOT / "README.md").read_text()
+
+
+def test_every_make_target_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    targets = [
+        line.split(":")[0]
+        for line in (ROOT / "Makefile").read_text().splitlines()
+        if "## " in line and not line.startswith("\t")
+    ]
+    assert {"demo", "test", "bench", "lint", "clean"} <= set(targets)
+    for t in targets:
+        assert f"make {t}" in readme, t
+
+
+def test_python_dash_m_works():
+    out = subprocess.run(
+        [sys.executable, "-m", "build_db", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "Usage: hmba-db" in out.stdout
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "full")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'full'} already exists and is not empty; choose a new directory or pass --force"
+    ]
+
+
+def test_synth_rejects_bad_scale(tmp_path):
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "r"), "--scale", "2"])
+    assert result.exit_code == 1 and "Error: --scale must be in (0, 1], got 2.0" in result.output
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "r"), "--genes", "10"])
+    assert result.exit_code == 2 and "at least 100 genes" in result.output
+
+
+def test_demo_answers_the_notebook_question(tiny_release, capsys):
+    from build_db.demo import main as demo
+
+    assert demo([str(tiny_release)]) == 0
+    out = capsys.readouterr().out
+    for species in ("Human", "Macaque", "Marmoset"):
+        assert f"{species}: mean log2(CPM+1) per Group" in out
+    assert "STRd D1 Matrix MSN" in out and "DRD1" in out
