@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"  # before the imports: build.py records it in build.json
 
-from .build import BuildResult, build  # noqa: E402
+from .builder import BuildResult, build  # noqa: E402
 from .check import CheckReport, Problem, check_release  # noqa: E402
 from .errors import HmbaError, ReleaseError  # noqa: E402
 from .synth import synth  # noqa: E402

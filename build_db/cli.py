@@ -176,9 +176,15 @@ def check(release, species, what, md5, version):
     default=None,
     help="Target non-zeros per gene bucket (default 80,000,000: ~64 buckets for full Human).",
 )
+@click.option(
+    "--bucket-genes",
+    type=int,
+    default=None,
+    help="At most this many genes per bucket (default 1,024: keeps the sort cache-friendly).",
+)
 @click.option("--release", "version", default=R.VERSION, show_default=True, help="Release version.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def build(release, store, species, jobs, bucket_nnz, version, quiet):
+def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, quiet):
     """Build the store at STORE from the release directory RELEASE.
 
     Checks the release first, transposes each species' raw matrix into gene-bucketed Parquet sorted by
@@ -189,7 +195,7 @@ def build(release, store, species, jobs, bucket_nnz, version, quiet):
 
         hmba-db build data/release data/store --species Marmoset
     """
-    from .build import build as run
+    from .builder import build as run
     from .transpose import BUCKET_TARGET_NNZ
 
     run(

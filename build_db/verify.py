@@ -1,21 +1,25 @@
 """`hmba-db verify`: reconcile the store with the numbers taken from the source during the build.
 
-Per species and bucket: non-zero count, sum of counts, sum of cell indexes and sum of gene_index x count
-(two position-sensitive checksums: a value moved to another cell or gene changes them); per cell: total
-counts and genes detected, recomputed from the store and compared with the source rows' sums; and the
-Parquet layout: row groups in gene order, inside their bucket's gene range.
+Every Parquet file is read back in full, in parallel processes, and checked against the build record:
+per species and bucket, the non-zero count, the sum of counts, the sum of cell indexes and the sum of
+gene_index x count (two position-sensitive checksums: a value moved to another cell or gene changes
+them); per cell, total counts and genes detected against the source rows' sums; and the layout: rows
+strictly increasing in (gene_index, cell_index), so sorted and free of duplicates, inside the bucket's
+gene range.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
 from .errors import HmbaError
+
+BATCH_ROWS = 4_000_000
 
 
 def _build_info(store: Path) -> dict:
@@ -27,7 +31,52 @@ def _build_info(store: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def verify_store(store: Path, species: list[str] | None = None) -> list[str]:
+def _scan(
+    files: list[str], n_cells: int, per: int, n_genes: int
+) -> tuple[dict, np.ndarray, np.ndarray, list]:
+    """Worker: read whole files; return per-bucket stats, per-cell sums and counts, layout problems."""
+    cell_sum = np.zeros(n_cells, dtype=np.float64)  # exact: per-cell totals are < 2^31, far below 2^53
+    cell_n = np.zeros(n_cells, dtype=np.int64)
+    stats, problems = {}, []
+    for f in files:
+        k = int(Path(f).parent.name.split("=")[1])
+        lo, hi = k * per, min(n_genes, (k + 1) * per) - 1
+        total = [0, 0, 0, 0]
+        last_key, row = -1, 0
+        # Batches bound a worker's memory (~40 bytes per row of a batch) whatever the bucket's size.
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS):
+            g = batch.column("gene_index").to_numpy().astype(np.int64)
+            c = batch.column("cell_index").to_numpy().astype(np.int64)
+            v = batch.column("raw_count").to_numpy().astype(np.int64)
+            if len(v) == 0:
+                continue
+            total[0] += len(v)
+            total[1] += int(v.sum())
+            total[2] += int(c.sum())
+            total[3] += int((g * v).sum())
+            if g.min() < lo or g.max() > hi or c.min() < 0 or c.max() >= n_cells:
+                problems.append(
+                    f"bucket {k}: genes {g.min()}..{g.max()} or cells {c.min()}..{c.max()} outside "
+                    f"the bucket's genes {lo}..{hi} and cells 0..{n_cells - 1}"
+                )
+                break
+            key = g * n_cells + c
+            steps = np.diff(np.concatenate([[last_key], key]))
+            bad = np.flatnonzero(steps <= 0)
+            if len(bad):
+                i = int(bad[0])
+                kind = "duplicate" if steps[i] == 0 else "out of order"
+                problems.append(f"bucket {k}: row {row + i} (gene {g[i]}, cell {c[i]}) is {kind}")
+                break
+            last_key = int(key[-1])
+            row += len(v)
+            cell_sum += np.bincount(c, weights=v, minlength=n_cells)
+            cell_n += np.bincount(c, minlength=n_cells)
+        stats[k] = total
+    return stats, cell_sum, cell_n, problems
+
+
+def verify_store(store: Path, species: list[str] | None = None, jobs: int = 2) -> list[str]:
     """Every disagreement between the store and its build record, one line each ([] means verified).
 
     Example:
@@ -37,84 +86,62 @@ def verify_store(store: Path, species: list[str] | None = None) -> list[str]:
     store = Path(store)
     info = _build_info(store)
     problems: list[str] = []
-    con = duckdb.connect()
-    for sp, meta in info["species"].items():
-        if species and sp not in species:
-            continue
-        files = sorted((store / "expression" / f"species={sp}").glob("gene_bucket=*/*.parquet"))
-        buckets_on_disk = {int(f.parent.name.split("=")[1]) for f in files}
-        if buckets_on_disk != set(range(meta["buckets"])):
-            missing = sorted(set(range(meta["buckets"])) - buckets_on_disk)
-            problems.append(f"{sp}: bucket files missing for buckets {missing[:5]}; rebuild the store")
-            continue
-        glob = str(store / "expression" / f"species={sp}" / "*" / "*.parquet")
-        rows = con.execute(
-            "select gene_bucket, count(*), sum(raw_count), sum(cell_index), "
-            "sum(gene_index::bigint * raw_count) "
-            "from read_parquet(?, hive_partitioning = true, hive_types = {'gene_bucket': int}) "
-            "group by gene_bucket order by gene_bucket",
-            [glob],
-        ).fetchall()
-        got = {int(r[0]): [int(v or 0) for v in r[1:]] for r in rows}
-        for k, want in enumerate(meta["bucket_stats"]):
-            have = got.get(k, [0, 0, 0, 0])
-            expect = [want["nnz"], want["sum"], want["cell_sum"], want["gene_weighted"]]
-            names = ("non-zeros", "sum of counts", "cell checksum", "gene checksum")
-            for name, h, e in zip(names, have, expect, strict=True):
-                if h != e:
-                    problems.append(f"{sp}: bucket {k}: {name} {h:,} in the store, {e:,} in the source")
-        problems += _layout(sp, files, meta["genes_per_bucket"], meta["genes"])
-        totals = con.sql(
-            "select cell_index, sum(raw_count)::bigint as s, count(*)::int as n from read_parquet(?) "
-            "group by cell_index",
-            params=[glob],
-        ).to_arrow_table()
-        src = pq.read_table(
-            store / "tables" / "cell_totals" / f"{sp}.parquet", columns=["total_counts", "genes_detected"]
-        )
-        want_sum = src.column("total_counts").to_numpy()
-        want_n = src.column("genes_detected").to_numpy()
-        have_sum = np.zeros(len(want_sum), dtype=np.int64)
-        have_n = np.zeros(len(want_n), dtype=np.int64)
-        idx = totals.column("cell_index").to_numpy()
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(want_sum)):
-            problems.append(f"{sp}: cell_index outside 0..{len(want_sum) - 1} in the store")
-            continue
-        have_sum[idx] = totals.column("s").to_numpy()
-        have_n[idx] = totals.column("n").to_numpy()
-        for name, have, want in (("total counts", have_sum, want_sum), ("genes detected", have_n, want_n)):
-            bad = np.flatnonzero(have != want)
-            if len(bad):
-                c = int(bad[0])
-                problems.append(
-                    f"{sp}: {len(bad):,} cells' {name} differ from the source, first cell_index {c}: "
-                    f"{have[c]:,} in the store, {want[c]:,} in the source"
-                )
-        if int(have_sum.sum()) != meta["sum"] or int(have_n.sum()) != meta["nnz"]:
-            problems.append(
-                f"{sp}: store totals {int(have_sum.sum()):,} counts / {int(have_n.sum()):,} non-zeros; "
-                f"source {meta['sum']:,} / {meta['nnz']:,}"
-            )
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for sp, meta in info["species"].items():
+            if species and sp not in species:
+                continue
+            problems += [f"{sp}: {p}" for p in _verify_species(pool, store, sp, meta, jobs)]
     return problems
 
 
-def _layout(sp: str, files: list[Path], per: int, n_genes: int) -> list[str]:
-    out = []
-    for f in files:
-        k = int(f.parent.name.split("=")[1])
-        lo, hi = k * per, min(n_genes, (k + 1) * per) - 1
-        meta = pq.ParquetFile(f).metadata
-        prev = lo
-        for g in range(meta.num_row_groups):
-            st = meta.row_group(g).column(0).statistics
-            if st is None or not st.has_min_max:
-                out.append(f"{sp}: {f.name} in bucket {k}: row group {g} has no gene_index statistics")
-                break
-            if st.min < prev or st.max > hi or st.min > st.max:
-                out.append(
-                    f"{sp}: bucket {k}: row group {g} holds genes {st.min}..{st.max}, expected sorted "
-                    f"within {lo}..{hi}"
-                )
-                break
-            prev = st.max
-    return out
+def _verify_species(pool, store: Path, sp: str, meta: dict, jobs: int) -> list[str]:
+    files = sorted((store / "expression" / f"species={sp}").glob("gene_bucket=*/*.parquet"))
+    on_disk = {int(f.parent.name.split("=")[1]) for f in files}
+    if on_disk != set(range(meta["buckets"])):
+        missing = sorted(set(range(meta["buckets"])) - on_disk)
+        extra = sorted(on_disk - set(range(meta["buckets"])))
+        return [
+            f"bucket files missing for buckets {missing[:5]} or unexpected for {extra[:5]}; rebuild the store"
+        ]
+    totals_path = store / "tables" / "cell_totals" / f"{sp}.parquet"
+    src = pq.read_table(totals_path, columns=["total_counts", "genes_detected"])
+    want_sum = src.column("total_counts").to_numpy()
+    want_n = src.column("genes_detected").to_numpy()
+    n_cells = len(want_sum)
+    # Largest files first, dealt round-robin, so the workers finish together.
+    files = sorted(files, key=lambda f: -f.stat().st_size)
+    shares = [[str(f) for f in files[i :: max(1, jobs)]] for i in range(max(1, jobs))]
+    futures = [
+        pool.submit(_scan, share, n_cells, meta["genes_per_bucket"], meta["genes"]) for share in shares
+    ]
+    stats: dict[int, list[int]] = {}
+    have_sum = np.zeros(n_cells, dtype=np.float64)
+    have_n = np.zeros(n_cells, dtype=np.int64)
+    problems: list[str] = []
+    for fut in futures:
+        s, cs, cn, pr = fut.result()
+        stats.update(s)
+        have_sum += cs
+        have_n += cn
+        problems += pr
+    names = ("non-zeros", "sum of counts", "cell checksum", "gene checksum")
+    for k, want in enumerate(meta["bucket_stats"]):
+        expect = [want["nnz"], want["sum"], want["cell_sum"], want["gene_weighted"]]
+        for name, h, e in zip(names, stats.get(k, [0, 0, 0, 0]), expect, strict=True):
+            if h != e:
+                problems.append(f"bucket {k}: {name} {h:,} in the store, {e:,} in the source")
+    have_sum = have_sum.astype(np.int64)
+    for name, have, want in (("total counts", have_sum, want_sum), ("genes detected", have_n, want_n)):
+        bad = np.flatnonzero(have != want)
+        if len(bad):
+            c = int(bad[0])
+            problems.append(
+                f"{len(bad):,} cells' {name} differ from the source, first cell_index {c}: "
+                f"{have[c]:,} in the store, {want[c]:,} in the source"
+            )
+    if int(want_sum.sum()) != meta["sum"] or int(want_n.sum()) != meta["nnz"]:
+        problems.append(
+            f"{totals_path.name}: totals {int(want_sum.sum()):,} / {int(want_n.sum()):,} disagree with "
+            f"build.json's {meta['sum']:,} / {meta['nnz']:,}"
+        )
+    return problems

@@ -31,6 +31,7 @@ from .manifest import read_manifest
 from .progress import Reporter
 from .transpose import (
     BUCKET_TARGET_NNZ,
+    MAX_BUCKET_GENES,
     BucketPlan,
     BucketStats,
     plan_buckets,
@@ -74,6 +75,7 @@ def build(
     species: tuple[str, ...] | None = None,
     jobs: int = 2,
     bucket_nnz: int = BUCKET_TARGET_NNZ,
+    bucket_genes: int = MAX_BUCKET_GENES,
     version: str = R.VERSION,
     quiet: bool = False,
 ) -> BuildResult:
@@ -111,6 +113,7 @@ def build(
         "version": version,
         "species": list(species),
         "bucket_nnz": bucket_nnz,
+        "bucket_genes": bucket_genes,
         "sources": _fingerprints(release, species, entries, version),
         "state_version": STATE_VERSION,
     }
@@ -121,7 +124,17 @@ def build(
         q = manager.Queue()
         for s in species:
             result.species[s] = _build_species(
-                release, staging, s, version, jobs, bucket_nnz, state, pool, q, rep, has_log2[s]
+                release,
+                staging,
+                s,
+                version,
+                jobs,
+                (bucket_nnz, bucket_genes),
+                state,
+                pool,
+                q,
+                rep,
+                has_log2[s],
             )
     rep.step("verify the store against the source")
     from .verify import verify_store
@@ -133,11 +146,11 @@ def build(
         "release": str(release),
         "release_version": version,
         "sources": params["sources"],
-        "parameters": {"bucket_nnz": bucket_nnz, "jobs": jobs},
+        "parameters": {"bucket_nnz": bucket_nnz, "bucket_genes": bucket_genes, "jobs": jobs},
         "species": result.species,
     }
     save_json(staging / "build.json", info)
-    problems = verify_store(staging)
+    problems = verify_store(staging, jobs=jobs)
     if problems:
         raise HmbaError(
             f"verification failed, store not published (staging kept at {staging}): {problems[0]}"
@@ -241,7 +254,7 @@ def _sort_job(plan, k, staging, tags, out, q):
 
 
 def _build_species(
-    release, staging, species, version, jobs, bucket_nnz, state, pool, q, rep, has_log2
+    release, staging, species, version, jobs, plan_args, state, pool, q, rep, has_log2
 ) -> dict:
     raw_path = release / R.matrix_path(species, "raw", version)
     with CsrReader(raw_path) as m:
@@ -249,7 +262,7 @@ def _build_species(
         cell_labels = m.obs_names()
         gene_ids = m.var_names()
         symbols = m.var_column("gene_symbol") if "gene_symbol" in m.var_columns() else np.full(shape[1], "")
-    plan = plan_buckets(shape[1], nnz, bucket_nnz)
+    plan = plan_buckets(shape[1], nnz, *plan_args)
     sstate = state["species"].setdefault(species, {"scatter": {}, "buckets": {}})
     scatter_dir = staging / "_scatter" / species
     splits = row_split(indptr, max(1, jobs))
