@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP) ## generate a small synthetic release and check it, showing a real result
-	$(BIN)/hmba-db synth $(DATA)/demo-release --scale 0.002 --genes 3000 --force
+demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer the notebook question
+	$(BIN)/hmba-db synth $(DATA)/demo-release --scale 0.005 --force
 	$(BIN)/hmba-db check $(DATA)/demo-release --md5
-	$(BIN)/python -m build_db.demo $(DATA)/demo-release
+	$(BIN)/hmba-db build $(DATA)/demo-release $(DATA)/demo-store
+	$(BIN)/hmba-db verify $(DATA)/demo-store
+	$(BIN)/python -m build_db.demo $(DATA)/demo-release $(DATA)/demo-store
 
 test: $(STAMP) ## run the test suite (fast tests only; slow ones run in bench)
 	$(BIN)/pytest -q

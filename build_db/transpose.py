@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 from .errors import ReleaseError
 from .h5ad import CsrReader
@@ -220,19 +221,8 @@ def scatter(path: Path, plan: BucketPlan, r0: int, r1: int, staging: Path, tag: 
                 if len(nonempty):  # exact integer row sums; reduceat would misreport empty rows, so skip them
                     totals[a - r0 + nonempty] = np.add.reduceat(values, ip[nonempty])
                 detected[a - r0 : b - r0] = per_row
-                cells = np.repeat(np.arange(a, b, dtype=np.int32), per_row)
-                _stage_block(
-                    plan,
-                    idx,
-                    cells,
-                    values.astype(np.int32),
-                    bucket_starts,
-                    staging,
-                    tag,
-                    files,
-                    blocks,
-                    stats,
-                )
+                block = sp.csr_matrix((values.astype(np.int32), idx, ip), shape=(b - a, plan.n_genes))
+                _stage_block(plan, block, a, bucket_starts, staging, tag, files, blocks, stats)
                 if progress is not None:
                     progress(hi - lo)
     finally:
@@ -250,21 +240,29 @@ def scatter(path: Path, plan: BucketPlan, r0: int, r1: int, staging: Path, tag: 
     return {"stats": [asdict(s) for s in stats]}
 
 
-def _stage_block(plan, idx, cells, values, bucket_starts, staging, tag, files, blocks, stats) -> None:
-    order = np.argsort(idx.astype(np.uint16), kind="stable")  # radix sort; keeps cell order within a gene
-    genes = idx[order]  # 4-byte gathers: this and the next two lines are a sixth of the scatter's time
-    cells32 = cells[order]
-    values32 = values[order]
-    bounds = np.searchsorted(genes, bucket_starts)
+def _stage_block(
+    plan, block: sp.csr_matrix, first_row: int, bucket_starts, staging, tag, files, blocks, stats
+) -> None:
+    # CSR -> CSC is a counting sort in scipy's C++ (13 ns per non-zero, against 57 for a numpy radix
+    # argsort and three gathers): it yields the block in (gene, cell) order, cells sorted within a gene.
+    csc = block.tocsc()
+    gene_ptr = csc.indptr.astype(np.int64)
+    cells32 = csc.indices.astype(np.int32, copy=False) + np.int32(first_row)
+    values32 = csc.data
+    bounds = gene_ptr[np.minimum(bucket_starts, plan.n_genes)]
     sizes = np.diff(bounds)
+    per_gene = np.diff(gene_ptr)
+    offsets = np.repeat((np.arange(plan.n_genes) % plan.genes_per_bucket).astype(np.uint16), per_gene)
     # Source statistics per bucket, as exact integers (bincount's float weights could round past 2^53).
     present = np.flatnonzero(sizes)
     at = bounds[present]
     wide = values32.astype(np.int64)
     sum_v = np.add.reduceat(wide, at)
     sum_c = np.add.reduceat(cells32.astype(np.int64), at)
-    sum_g = np.add.reduceat(genes.astype(np.int64) * wide, at)
-    offsets = (genes % plan.genes_per_bucket).astype(np.uint16)  # gene offset within its bucket
+    expressed = np.flatnonzero(per_gene)
+    gene_sums = np.zeros(plan.n_genes, dtype=np.int64)
+    gene_sums[expressed] = np.add.reduceat(wide, gene_ptr[expressed])
+    weighted = np.arange(plan.n_genes, dtype=np.int64) * gene_sums
     for i, k in enumerate(present):
         k = int(k)
         lo, hi = int(bounds[k]), int(bounds[k + 1])
@@ -280,7 +278,7 @@ def _stage_block(plan, idx, cells, values, bucket_starts, staging, tag, files, b
         s.nnz += hi - lo
         s.sum += int(sum_v[i])
         s.cell_sum += int(sum_c[i])
-        s.gene_weighted += int(sum_g[i])
+        s.gene_weighted += int(weighted[bucket_starts[k] : min(bucket_starts[k + 1], plan.n_genes)].sum())
 
 
 def sort_bucket(plan: BucketPlan, k: int, staging: Path, tags: list[str], out: Path) -> int:

@@ -63,11 +63,14 @@ def test_synth_rejects_bad_scale(tmp_path):
     assert result.exit_code == 2 and "at least 100 genes" in result.output
 
 
-def test_demo_answers_the_notebook_question(tiny_release, capsys):
+def test_demo_answers_the_notebook_question(tiny_release, tmp_path, capsys):
+    """The store's answer is printed and equals the h5ad scan's (demo fails otherwise)."""
+    from build_db.builder import build
     from build_db.demo import main as demo
 
-    assert demo([str(tiny_release)]) == 0
+    store = build(tiny_release, tmp_path / "store", quiet=True).store
+    assert demo([str(tiny_release), str(store)]) == 0
     out = capsys.readouterr().out
     for species in ("Human", "Macaque", "Marmoset"):
         assert f"{species}: mean log2(CPM+1) per Group" in out
-    assert "STRd D1 Matrix MSN" in out and "DRD1" in out
+    assert "answers agree to" in out and "STRd D1 Matrix MSN" in out and "DRD1" in out
