@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from build_db import release as R
-from build_db.builder import build, bucket_file, staging_dir
+from build_db.builder import bucket_file, build, staging_dir
 from build_db.errors import HmbaError, ReleaseError
 from build_db.h5ad import CsrReader, CsrWriter
 from build_db.transpose import BucketPlan, plan_buckets, row_split, scatter, sort_bucket
@@ -23,13 +23,14 @@ from build_db.verify import verify_store
 
 from .conftest import restamp
 
-
-# --- the transposition core on arbitrary matrices ------------------------------------------------------------
+# --- the transposition core on arbitrary matrices ---
 
 
 def write_h5ad(path, x: sp.csr_matrix, dtype="float32", index_dtype=np.int32):
-    var = pd.DataFrame({"gene_symbol": [f"G{i}" for i in range(x.shape[1])]},
-                       index=pd.Index([f"ID{i}" for i in range(x.shape[1])], name="gene_identifier"))
+    var = pd.DataFrame(
+        {"gene_symbol": [f"G{i}" for i in range(x.shape[1])]},
+        index=pd.Index([f"ID{i}" for i in range(x.shape[1])], name="gene_identifier"),
+    )
     w = CsrWriter(path, var, dtype, index_dtype)
     w.append(x, [f"cell{i}" for i in range(x.shape[0])])
     w.close()
@@ -49,16 +50,24 @@ def transpose(path, out, plan: BucketPlan, parts=2):
 
 def read_back(out, shape) -> sp.csr_matrix:
     rows = duckdb.sql(
-        f"select gene_index, cell_index, raw_count, gene_bucket from read_parquet('{out}/expression/*/*/*.parquet', "
-        "hive_partitioning = true, hive_types = {'gene_bucket': int})").fetchnumpy()
+        "select gene_index, cell_index, raw_count, gene_bucket "
+        f"from read_parquet('{out}/expression/*/*/*.parquet', "
+        "hive_partitioning = true, hive_types = {'gene_bucket': int})"
+    ).fetchnumpy()
     m = sp.coo_matrix((rows["raw_count"], (rows["cell_index"], rows["gene_index"])), shape=shape).tocsr()
     assert m.nnz == len(rows["raw_count"]), "a (cell, gene) pair came back twice"
     return m, rows
 
 
 def random_counts(rng, n_cells, n_genes, density):
-    x = sp.random(n_cells, n_genes, density=density, format="csr", random_state=rng,
-                  data_rvs=lambda k: rng.integers(1, 500, size=k)).astype(np.int64)
+    x = sp.random(
+        n_cells,
+        n_genes,
+        density=density,
+        format="csr",
+        random_state=rng,
+        data_rvs=lambda k: rng.integers(1, 500, size=k),
+    ).astype(np.int64)
     x.sort_indices()
     return x
 
@@ -72,8 +81,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("dtype,index_dtype", [("float32", np.int32), ("float64", np.int64), ("int32", np.int64),
-                                               ("uint16", np.int32)])
+@pytest.mark.parametrize(
+    "dtype,index_dtype",
+    [("float32", np.int32), ("float64", np.int64), ("int32", np.int64), ("uint16", np.int32)],
+)
 def test_round_trip_is_exact(tmp_path, name, dtype, index_dtype):
     rng = np.random.default_rng(len(name))
     n_cells, n_genes, density = CASES[name]
@@ -119,15 +130,19 @@ def test_bucket_plan():
     assert 60 <= plan.n_buckets <= 66 and plan.gene_range(plan.n_buckets - 1)[1] == 36_601
     assert plan_buckets(900, 1000).n_buckets == 1
     assert plan_buckets(2000, 1000).n_buckets == 2
-    assert plan_buckets(36_601, 10).genes_per_bucket <= 1024  # few genes per bucket keep the sort cache-friendly
+    assert (
+        plan_buckets(36_601, 10).genes_per_bucket <= 1024
+    )  # few genes per bucket keep the sort cache-friendly
 
 
 BAD = {
     "non-integral": (lambda d, i, p: d.__setitem__(7, 2.5), "non-integral count 2.5"),
     "negative": (lambda d, i, p: d.__setitem__(7, -3), "negative count -3"),
     "not finite": (lambda d, i, p: d.__setitem__(7, np.nan), "non-integral count nan"),
-    "unsorted": (lambda d, i, p: i.__setitem__(slice(p[3], p[3] + 2), i[p[3]:p[3] + 2][::-1].copy()),
-                 "unsorted gene index"),
+    "unsorted": (
+        lambda d, i, p: i.__setitem__(slice(p[3], p[3] + 2), i[p[3] : p[3] + 2][::-1].copy()),
+        "unsorted gene index",
+    ),
     "duplicate": (lambda d, i, p: i.__setitem__(p[3] + 1, i[p[3]]), "duplicate gene index"),
     "out of range": (lambda d, i, p: i.__setitem__(p[3], 999), "gene index 999 outside 0..49"),
 }
@@ -141,7 +156,11 @@ def test_bad_matrix_names_file_and_first_bad_row(tmp_path, name):
     damage, message = BAD[name]
     damage(x.data, x.indices, x.indptr)
     path = write_h5ad(tmp_path / "bad.h5ad", x)
-    row = 3 if name in ("unsorted", "duplicate", "out of range") else int(np.searchsorted(x.indptr, 7, "right") - 1)
+    row = (
+        3
+        if name in ("unsorted", "duplicate", "out of range")
+        else int(np.searchsorted(x.indptr, 7, "right") - 1)
+    )
     with pytest.raises(ReleaseError) as e:
         transpose(path, tmp_path, BucketPlan(50, 10))
     assert str(e.value).startswith(f"{path}: row {row} (cell cell{row}): {message}")
@@ -168,7 +187,7 @@ def test_corrupt_data_chunk(tmp_path):
         transpose(path, tmp_path, BucketPlan(400, 100))
 
 
-# --- the build on a synthetic release -------------------------------------------------------------------------
+# --- the build on a synthetic release ---
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +202,8 @@ def test_store_equals_source_matrix(tiny_release, built, species):
     raw = ad.read_h5ad(tiny_release / R.matrix_path(species, "raw"))
     x = raw.X.tocsr().astype(np.int64)
     rows = duckdb.sql(
-        f"select cell_index, gene_index, raw_count from read_parquet('{built}/expression/species={species}/*/*.parquet')"
+        "select cell_index, gene_index, raw_count "
+        f"from read_parquet('{built}/expression/species={species}/*/*.parquet')"
     ).fetchnumpy()
     back = sp.coo_matrix((rows["raw_count"], (rows["cell_index"], rows["gene_index"])), shape=x.shape).tocsr()
     assert back.nnz == x.nnz == len(rows["raw_count"])
@@ -201,10 +221,12 @@ def test_store_equals_source_matrix(tiny_release, built, species):
 def test_build_json_records_provenance(tiny_release, built):
     info = json.loads((built / "build.json").read_text())
     manifest = json.loads((tiny_release / R.manifest_path()).read_text())
-    raw = manifest["file_listing"]["HMBA-10xMultiome-BG"]["expression_matrices"]["HMBA-10xMultiome-BG-Human"]["raw"]
+    raw = manifest["file_listing"]["HMBA-10xMultiome-BG"]["expression_matrices"]["HMBA-10xMultiome-BG-Human"][
+        "raw"
+    ]
     assert info["sources"][R.matrix_path("Human", "raw")]["md5"] == raw["files"]["h5ad"]["file_hash"]
     assert info["tool_version"] and info["release_version"] == "20250630"
-    for sp_name, meta in info["species"].items():
+    for meta in info["species"].values():
         assert meta["log2_check"]["checked"] and meta["log2_check"]["cells"] > 0
         assert sum(b["nnz"] for b in meta["bucket_stats"]) == meta["nnz"]
         assert sum(b["sum"] for b in meta["bucket_stats"]) == meta["sum"]
