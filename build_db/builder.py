@@ -89,9 +89,11 @@ def build(
         raise HmbaError(f"{store} exists and is not an hmba-db store (no build.json); choose another path")
     rep = Reporter(quiet)
     _, entries = read_manifest(release, version)
-    available = tuple(s for s in R.SPECIES if any(e.species == s and e.part == "raw" for e in entries))
-    if species is None:
-        species = available
+    listed = [s for s in R.SPECIES if any(e.species == s and e.part == "raw" for e in entries)]
+    if species is None:  # what was downloaded: a one-species download builds that species
+        species = tuple(s for s in listed if (release / R.matrix_path(s, "raw", version)).exists()) or tuple(
+            listed
+        )
     species = tuple(s for s in R.SPECIES if s in species)
     if not species:
         raise ReleaseError(

@@ -333,3 +333,24 @@ def test_resume_discards_staging_from_other_inputs(tiny_release, tmp_path, capsy
     build(tiny_release, store, species=("Marmoset",), quiet=False)
     assert "discarding an unfinished build" in capsys.readouterr().err
     assert verify_store(store) == []
+
+
+def test_default_species_are_the_downloaded_ones(release_copy, tmp_path):
+    for kind in R.MATRIX_KINDS:
+        (release_copy / R.matrix_path("Human", kind)).unlink()
+        (release_copy / R.matrix_path("Macaque", kind)).unlink()
+    result = build(release_copy, tmp_path / "store", quiet=True)
+    assert list(result.species) == ["Marmoset"]
+
+
+def test_matrix_disagreeing_with_metadata_stops_the_build(release_copy, tmp_path):
+    rel = R.CELL_METADATA.relative_path()
+    df = pd.read_csv(release_copy / rel, dtype=str, keep_default_na=False)
+    df = df.drop(df.index[df.feature_matrix_label == "HMBA-10xMultiome-BG-Marmoset"][:1])
+    df.to_csv(release_copy / rel, index=False)
+    restamp(release_copy, rel)
+    with pytest.raises(
+        ReleaseError, match=r"Marmoset-raw\.h5ad: 332 cells but cell_metadata\.csv has 331 rows"
+    ):
+        build(release_copy, tmp_path / "store", species=("Marmoset",), quiet=True)
+    assert not (tmp_path / "store").exists()
