@@ -9,10 +9,9 @@ never see a half-written one and a failed build leaves the previous store untouc
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import Manager
 from pathlib import Path
@@ -28,7 +27,7 @@ from .check import check_release
 from .errors import HmbaError, ReleaseError
 from .h5ad import CsrReader
 from .manifest import read_manifest
-from .progress import Reporter
+from .progress import Reporter, run_pool
 from .transpose import (
     BUCKET_TARGET_NNZ,
     MAX_BUCKET_GENES,
@@ -210,31 +209,6 @@ def _load_state(staging: Path, params: dict, rep: Reporter) -> dict:
     return state
 
 
-def _run(pool, q, tasks: dict, bar, on_done) -> None:
-    """Run {key: (fn, args)} on the pool, feeding worker progress to `bar`, calling on_done(key, result)."""
-    futures = {pool.submit(fn, *args): key for key, (fn, args) in tasks.items()}
-    pending = set(futures)
-    try:
-        while pending:
-            done, pending = wait(pending, timeout=0.3, return_when=FIRST_COMPLETED)
-            _drain(q, bar)
-            for f in done:
-                on_done(futures[f], f.result())
-        _drain(q, bar)
-    except BaseException:
-        for f in pending:
-            f.cancel()
-        raise
-
-
-def _drain(q, bar) -> None:
-    while True:
-        try:
-            bar.update(q.get_nowait())
-        except queue.Empty:
-            return
-
-
 class _Progress:
     """Picklable progress callback: workers put non-zero counts on a managed queue."""
 
@@ -299,7 +273,7 @@ def _build_species(
 
     with rep.bar(nnz, f"{species} scatter", unit="nz") as bar:
         bar.update(done_nnz)
-        _run(pool, q, todo, bar, scattered)
+        run_pool(pool, q, todo, bar, scattered)
 
     rep.step(f"{species}: sort and write {plan.n_buckets} buckets")
     todo = {
@@ -314,7 +288,7 @@ def _build_species(
 
     with rep.bar(nnz, f"{species} sort", unit="nz") as bar:
         bar.update(sum(sstate["buckets"].values()))
-        _run(pool, q, todo, bar, written)
+        run_pool(pool, q, todo, bar, written)
 
     stats = [BucketStats() for _ in range(plan.n_buckets)]
     for t in tags:

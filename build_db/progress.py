@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 
 from tqdm import tqdm
 
@@ -41,3 +43,29 @@ class Reporter:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
+
+
+def run_pool(pool, q, tasks: dict, bar, on_done) -> None:
+    """Run {key: (fn, args)} on a process pool, feeding what workers put on queue `q` to `bar` and calling
+    on_done(key, result) as each finishes; a worker's error is raised here and cancels the rest."""
+    futures = {pool.submit(fn, *args): key for key, (fn, args) in tasks.items()}
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = wait(pending, timeout=0.3, return_when=FIRST_COMPLETED)
+            _drain(q, bar)
+            for f in done:
+                on_done(futures[f], f.result())
+        _drain(q, bar)
+    except BaseException:
+        for f in pending:
+            f.cancel()
+        raise
+
+
+def _drain(q, bar) -> None:
+    while True:
+        try:
+            bar.update(q.get_nowait())
+        except queue.Empty:
+            return

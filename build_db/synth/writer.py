@@ -7,10 +7,9 @@ are concatenated at the end; the release appears under OUT only when complete (s
 
 from __future__ import annotations
 
-import queue
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import Manager
 from pathlib import Path
@@ -22,7 +21,7 @@ from .. import release as R
 from ..errors import HmbaError
 from ..h5ad import INT32_LIMIT, CsrWriter
 from ..manifest import entry_for, write_manifest
-from ..progress import Reporter
+from ..progress import Reporter, run_pool
 from . import metadata as M
 from .model import gene_table, log2_cpm, sample_counts, species_model
 from .taxonomy import ABBREVIATIONS, LEVEL_DESCRIPTIONS, Taxonomy, build_taxonomy
@@ -138,17 +137,14 @@ def _write(
     ]
     with Manager() as manager, ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         q = manager.Queue()
-        futures = {pool.submit(_species_worker, *a, q): a[0] for a in args}
+        tasks = {a[0]: (_species_worker, (*a, q)) for a in args}
+
+        def done(species: str, r: SpeciesResult) -> None:
+            results[species] = r
+            rep.log(f"  {r.species}: {r.cells:,} cells, {r.nnz:,} non-zeros in {r.seconds:.1f} s")
+
         with rep.bar(total_cells, "cells", unit="cell") as bar:
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                _drain(q, bar)
-                for f in done:
-                    r = f.result()  # re-raises a worker's error here
-                    results[r.species] = r
-                    rep.log(f"  {r.species}: {r.cells:,} cells, {r.nnz:,} non-zeros in {r.seconds:.1f} s")
-            _drain(q, bar)
+            run_pool(pool, q, tasks, bar, done)
 
     rep.step("cell metadata, cluster membership and embedding")
     for spec in (R.CELL_METADATA, R.CELL_MEMBERSHIP, R.EMBEDDING):
@@ -172,14 +168,6 @@ def _write(
     rep.step("manifest with sizes and md5 digests")
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     write_manifest(root, [entry_for(root, f) for f in files])
-
-
-def _drain(q, bar) -> None:
-    while True:
-        try:
-            bar.update(q.get_nowait())
-        except queue.Empty:
-            return
 
 
 def _csv(root: Path, spec: R.CsvSpec, df: pd.DataFrame) -> None:
