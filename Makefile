@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second client with DuckDB 1.x, as BI drivers embed: the tests open the catalog with it.
+DUCKDB1 := .venv-duckdb1
+DUCKDB1_STAMP := $(DUCKDB1)/.installed
+DUCKDB1_VERSION := 1.1.3
 DATA ?= data
 SCALE ?= 0.01
 
@@ -17,6 +21,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(DUCKDB1_STAMP):
+	$(PYTHON) -m venv $(DUCKDB1)
+	$(DUCKDB1)/bin/pip install --quiet duckdb==$(DUCKDB1_VERSION)
+	touch $(DUCKDB1_STAMP)
+
 demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer the notebook question
 	$(BIN)/hmba-db synth $(DATA)/demo-release --scale 0.005 --force
 	$(BIN)/hmba-db check $(DATA)/demo-release --md5
@@ -24,10 +33,10 @@ demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer
 	$(BIN)/hmba-db verify $(DATA)/demo-store
 	$(BIN)/python -m build_db.demo $(DATA)/demo-release $(DATA)/demo-store
 
-test: $(STAMP) ## run the test suite (fast tests only; slow ones run in bench)
+test: $(STAMP) $(DUCKDB1_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
 	$(BIN)/pytest -q
 
-bench: $(STAMP) ## measure synth at --scale 0.01 and 0.1 (time, peak memory, disk) and run slow tests
+bench: $(STAMP) $(DUCKDB1_STAMP) ## measure synth at --scale 0.01 and 0.1 (time, peak memory, disk) and run slow tests
 	$(BIN)/python -m build_db.bench --out $(DATA)/bench
 	$(BIN)/pytest -q -m slow
 
@@ -46,5 +55,5 @@ check: $(STAMP) ## check the release written by `make synth`
 	$(BIN)/hmba-db check $(DATA)/release-$(SCALE) --md5
 
 clean: ## remove generated data, caches and the virtualenv
-	rm -rf $(DATA) $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(DATA) $(VENV) $(DUCKDB1) .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"  # before the imports: build.py records it in build.json
 
 from .builder import BuildResult, build  # noqa: E402
+from .catalog import connect, relocate  # noqa: E402
 from .check import CheckReport, Problem, check_release  # noqa: E402
 from .errors import HmbaError, ReleaseError  # noqa: E402
 from .synth import synth  # noqa: E402
@@ -16,6 +17,8 @@ __all__ = [
     "ReleaseError",
     "build",
     "check_release",
+    "connect",
+    "relocate",
     "synth",
     "verify_store",
 ]

@@ -99,8 +99,8 @@ def build(
             f"{release}: the manifest lists no raw matrix; download one (--what raw)", path=release
         )
     has_log2 = {s: (release / R.matrix_path(s, "log2", version)).exists() for s in species}
-    parts = ("raw", "metadata") + (("log2",) if all(has_log2.values()) else ())
-    rep.steps = 3 + 2 * len(species)
+    parts = ("raw", "metadata", "taxonomy") + (("log2",) if all(has_log2.values()) else ())
+    rep.steps = 5 + 2 * len(species)
     rep.step(f"check the release ({', '.join(species)})")
     report = check_release(release, species=species, parts=parts, version=version)
     if not report.ok:
@@ -137,9 +137,17 @@ def build(
                 rep,
                 has_log2[s],
             )
-    rep.step("verify the store against the source")
+    rep.step("metadata tables: cells, genes, taxonomy, donors, libraries")
+    from .catalog import write_catalog
+    from .metadata import MetadataBuilder
     from .verify import verify_store
 
+    metadata_report = MetadataBuilder(release, staging, list(species), version).build()
+    for sp, counts in metadata_report["cells"].items():
+        rep.log(
+            f"  {sp}: {counts['cells']:,} cells, {counts['assigned']:,} with a cluster, "
+            f"{counts['unassigned']:,} without (left joins: their taxonomy columns are NULL)"
+        )
     info = {
         "tool": "hmba-db",
         "tool_version": __version__,
@@ -149,8 +157,14 @@ def build(
         "sources": params["sources"],
         "parameters": {"bucket_nnz": bucket_nnz, "bucket_genes": bucket_genes, "jobs": jobs},
         "species": result.species,
+        "metadata": metadata_report,
     }
     save_json(staging / "build.json", info)
+    rep.step("catalog.duckdb: tables, views, descriptions")
+    write_catalog(
+        staging, store, {k: str(info[k]) for k in ("tool_version", "built_at", "release", "release_version")}
+    )
+    rep.step("verify the store against the source")
     problems = verify_store(staging, jobs=jobs)
     if problems:
         raise HmbaError(

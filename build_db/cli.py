@@ -242,5 +242,115 @@ def verify(store, species):
         )
 
 
+def _read_sql(query: str) -> str:
+    if query == "-":
+        query = sys.stdin.read()
+    if not query.strip():
+        raise click.BadParameter("empty SQL; give a query or - to read it from stdin", param_hint="SQL")
+    return query
+
+
+def _emit(df, fmt: str) -> None:
+    if fmt == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        click.echo(df.to_json(orient="records", date_format="iso", indent=1))
+    elif df.empty:
+        click.echo(" | ".join(df.columns) + "\n(0 rows)")
+    else:
+        click.echo(df.to_string(index=False, na_rep="NULL", max_colwidth=60))
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("query", metavar="SQL")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format (results to stdout, messages to stderr).",
+)
+def sql(store, query, fmt):
+    """Run SQL against the store's catalog (read-only) and print the result.
+
+    SQL is a query string, or - to read it from stdin. Tables: cells, genes, taxonomy_terms, clusters,
+    donors, libraries, value_sets, ...; views: expression, expression_annotated (see the README's data
+    dictionary).
+
+    Example:
+
+        hmba-db sql data/demo-store "select species, count(*) as cells from cells group by species"
+    """
+    import duckdb
+
+    from .catalog import connect
+
+    query = _read_sql(query)
+    con = connect(store)
+    try:
+        rel = con.sql(query)
+        df = rel.df() if rel is not None else None
+    except duckdb.Error as e:
+        raise click.ClickException(" ".join(str(e).split())) from e
+    if df is None:
+        click.echo("(statement ran; no result)", err=True)
+        return
+    _emit(df, fmt)
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+def info(store):
+    """Summarise a store: species, cells, genes, non-zeros, size, and what it was built from.
+
+    Example:
+
+        hmba-db info data/demo-store
+    """
+    import json
+
+    from .catalog import connect
+
+    con = connect(store)
+    build = json.loads((Path(store) / "build.json").read_text())
+    rows = con.sql(
+        "select c.species, c.n as cells, c.assigned, g.n as genes from "
+        "(select species, count(*) as n, count(cluster_alias) as assigned from cells group by species) c "
+        "join (select species, count(*) as n from genes group by species) g using (species) order by species"
+    ).fetchall()
+    size = sum(p.stat().st_size for p in Path(store).rglob("*") if p.is_file())
+    click.echo(f"store     {Path(store).absolute()} ({size / 2**20:,.1f} MiB)")
+    click.echo(f"built     {build['built_at']} by hmba-db {build['tool_version']}")
+    click.echo(f"release   {build['release']} (version {build['release_version']})")
+    click.echo("species   cells        with cluster  genes    non-zeros      buckets")
+    for species, cells, assigned, genes in rows:
+        meta = build["species"][species]
+        click.echo(
+            f"{species:9s} {cells:<12,} {assigned:<13,} {genes:<8,} {meta['nnz']:<14,} {meta['buckets']}"
+        )
+    for rel, src in build["sources"].items():
+        click.echo(f"source    {rel} md5 {src['md5']}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+def relocate(store):
+    """Repair a moved or copied store: point the catalog's views at where STORE is now.
+
+    The catalog stores absolute paths so that any program can open it from anywhere without setup; after
+    moving the folder, run this once (connect() also works around a move in read-only sessions).
+
+    Example:
+
+        mv data/store /srv/hmba && hmba-db relocate /srv/hmba/store
+    """
+    from .catalog import relocate as run
+
+    old, new = run(store)
+    click.echo(f"views now read {new}" + (f" (were {old})" if old and old != new else ""))
+
+
 if __name__ == "__main__":
     main()

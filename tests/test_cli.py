@@ -74,3 +74,11 @@ def test_demo_answers_the_notebook_question(tiny_release, tmp_path, capsys):
     for species in ("Human", "Macaque", "Marmoset"):
         assert f"{species}: mean log2(CPM+1) per Group" in out
     assert "answers agree to" in out and "STRd D1 Matrix MSN" in out and "DRD1" in out
+
+
+def test_readme_data_dictionary_is_current():
+    from build_db.schema import data_dictionary
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- data-dictionary:start -->")[1].split("<!-- data-dictionary:end -->")[0]
+    assert block.strip() == data_dictionary().strip(), "run: python -m build_db.schema, paste into README.md"
