@@ -21,6 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# TileDB-SOMA (the engine behind CELLxGENE Census), the benchmark's anchor, in its own env: it pins its own deps.
+SOMA := .venv-soma
+SOMA_STAMP := $(SOMA)/.installed
+SOMA_VERSION := 2.3.0
+
+$(SOMA_STAMP):
+	$(PYTHON) -m venv $(SOMA)
+	$(SOMA)/bin/pip install --quiet tiledbsoma==$(SOMA_VERSION)
+	touch $(SOMA_STAMP)
+
 $(DUCKDB1_STAMP):
 	$(PYTHON) -m venv $(DUCKDB1)
 	$(DUCKDB1)/bin/pip install --quiet duckdb==$(DUCKDB1_VERSION)
@@ -36,7 +46,7 @@ demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer
 test: $(STAMP) $(DUCKDB1_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
 	$(BIN)/pytest -q
 
-bench: $(STAMP) $(DUCKDB1_STAMP) ## measure synth at --scale 0.01 and 0.1 (time, peak memory, disk) and run slow tests
+bench: $(STAMP) $(DUCKDB1_STAMP) $(SOMA_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, then the slow tests
 	$(BIN)/python -m build_db.bench --out $(DATA)/bench
 	$(BIN)/pytest -q -m slow
 
@@ -55,5 +65,5 @@ check: $(STAMP) ## check the release written by `make synth`
 	$(BIN)/hmba-db check $(DATA)/release-$(SCALE) --md5
 
 clean: ## remove generated data, caches and the virtualenv
-	rm -rf $(DATA) $(VENV) $(DUCKDB1) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -10,10 +10,12 @@ import difflib
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from . import release as R
 from . import schema as S
+from .catalog import bucket_files, store_of
 from .errors import HmbaError
 
 
@@ -59,11 +61,53 @@ def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[st
     return [found[s] for s in symbols]
 
 
+@dataclass
+class _CellTerms:
+    """Per-cell arrays of one species at one level, indexed by cell_index: term code (-1 unassigned) and
+    total counts. Cached per store build, so a warm query only reads its genes' rows."""
+
+    codes: np.ndarray
+    totals: np.ndarray
+    terms: list[str]
+    orders: np.ndarray
+    sizes: np.ndarray
+
+
+_CACHE: dict[tuple, _CellTerms] = {}
+
+
+def _cell_terms(con: duckdb.DuckDBPyConnection, species: str, level: str) -> _CellTerms:
+    built = con.execute("select value from store_info where key = 'built_at'").fetchall()
+    key = (str(store_of(con)), built[0][0] if built else "", species, level)
+    if key not in _CACHE:
+        p = S.LEVEL_PREFIX[level]
+        cells = con.execute(
+            f"select cell_index, {p}_name as term, {p}_order as term_order, total_counts from cells "
+            "where species = ? order by cell_index",
+            [species],
+        ).df()
+        names = cells.dropna(subset=["term"]).drop_duplicates("term").sort_values("term_order")
+        code_of = {t: i for i, t in enumerate(names.term)}
+        codes = cells.term.map(code_of).fillna(-1).to_numpy(np.int32)
+        _CACHE[key] = _CellTerms(
+            codes,
+            cells.total_counts.to_numpy(np.float64),
+            list(names.term),
+            names.term_order.to_numpy(),
+            np.bincount(codes[codes >= 0], minlength=len(names)),
+        )
+    return _CACHE[key]
+
+
 def mean_expression(
     con: duckdb.DuckDBPyConnection, species: str, symbols: list[str], level: str = "Group"
 ) -> pd.DataFrame:
     """Mean log2(CPM+1) and fraction of expressing cells of each gene per taxonomy term, over the cells
-    assigned at that level; rows in taxonomy order, one column pair per gene plus n_cells.
+    assigned at that level (zeros included); rows in taxonomy order, a column per gene, then
+    `<gene>_fraction` columns and n_cells.
+
+    Reads only the genes' row groups from their buckets' files; the per-cell term and totals come from a
+    per-store cache, so warm calls cost the genes' rows, not a scan of the cells table.
 
     Example:
         >>> mean_expression(connect("data/demo-store"), "Human", ["DRD1", "DRD2"], "Group")  # doctest: +SKIP
@@ -71,41 +115,30 @@ def mean_expression(
     if level not in R.LEVELS:
         raise HmbaError(f"unknown taxonomy level {level!r}; choose from {', '.join(R.LEVELS)}")
     genes = resolve_genes(con, species, symbols)
-    p = S.LEVEL_PREFIX[level]
-    index_list = ", ".join(str(g.gene_index) for g in genes)
-    bucket_list = ", ".join(str(b) for b in sorted({g.gene_bucket for g in genes}))
-    long = con.execute(
-        f"""
-        with assigned as (
-            select cell_index, {p}_name as term, {p}_order as term_order
-            from cells where species = $species and {p}_name is not null
-        ),
-        sizes as (
-            select term, any_value(term_order) as term_order, count(*) as n_cells from assigned group by term
-        ),
-        sums as (
-            select a.term, e.gene_index, sum(e.log2_cpm) as s, count(*) as n_expressing
-            from expression e join assigned a using (cell_index)
-            where e.species = $species and e.gene_bucket in ({bucket_list}) and e.gene_index in ({index_list})
-            group by all
-        )
-        select z.term, z.term_order, z.n_cells, s.gene_index, s.s, s.n_expressing
-        from sizes z left join sums s using (term)
-        """,
-        {"species": species},
-    ).df()
-    terms = long.drop_duplicates("term").sort_values("term_order").set_index("term")
-    out = pd.DataFrame(index=terms.index)
-    out.index.name = level.lower()
-    hits = long.dropna(subset=["gene_index"])
-    for g in genes:
-        mine = hits[hits.gene_index == g.gene_index].set_index("term")
-        out[g.symbol] = (mine["s"].reindex(out.index).fillna(0.0) / terms["n_cells"]).astype(float)
-    for g in genes:
-        mine = hits[hits.gene_index == g.gene_index].set_index("term")
-        out[f"{g.symbol}_fraction"] = (
-            mine["n_expressing"].reindex(out.index).fillna(0) / terms["n_cells"]
-        ).astype(float)
-    out["n_cells"] = terms["n_cells"].astype(int)
+    cells = _cell_terms(con, species, level)
+    files = bucket_files(con, species, [g.gene_bucket for g in genes])
+    rows = con.execute(
+        f"select gene_index, cell_index, raw_count from read_parquet(?) "
+        f"where gene_index in ({', '.join(str(g.gene_index) for g in genes)})",
+        [files],
+    ).fetchnumpy()
+    wanted = np.array([g.gene_index for g in genes])
+    by_index = np.argsort(wanted)
+    gene_pos = by_index[np.searchsorted(wanted[by_index], rows["gene_index"])]
+    cell = rows["cell_index"].astype(np.int64)
+    code = cells.codes[cell]
+    keep = code >= 0
+    log2 = np.log2(rows["raw_count"][keep] / cells.totals[cell[keep]] * 1e6 + 1)
+    n_terms, n_genes = len(cells.terms), len(genes)
+    slot = code[keep] * n_genes + gene_pos[keep]
+    sums = np.bincount(slot, weights=log2, minlength=n_terms * n_genes).reshape(n_terms, n_genes)
+    hits = np.bincount(slot, minlength=n_terms * n_genes).reshape(n_terms, n_genes)
+    sizes = cells.sizes[:, None].astype(np.float64)
+    out = pd.DataFrame(
+        sums / sizes, index=pd.Index(cells.terms, name=level.lower()), columns=[g.symbol for g in genes]
+    )
+    for i, g in enumerate(genes):
+        out[f"{g.symbol}_fraction"] = hits[:, i] / cells.sizes
+    out["n_cells"] = cells.sizes
     out.attrs["genes"] = genes
     return out

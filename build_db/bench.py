@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import release as R
 from .h5ad import CsrReader
 
@@ -111,13 +113,20 @@ def build_ladder(out: Path, scales: list[float]) -> list[dict]:
     as Human gets at --scale 1), which is what decides a full build's peak memory."""
     rows = []
     exe = [sys.executable, "-m", "build_db"]
-    runs = [(s, f"{s:g}", []) for s in scales]
+    runs = [(s, f"{s:g}", "", []) for s in scales]
     small = [s for s in scales if s < 1]
     if small:
         s = max(small)
-        runs.append((s, f"{s:g}, full-size buckets", ["--bucket-genes", "65536", "--bucket-nnz", "80000000"]))
-    for scale, label, extra in runs:
-        release, store = out / f"release-{scale:g}", out / f"store-{scale:g}"
+        runs.append(
+            (
+                s,
+                f"{s:g}, full-size buckets",
+                "-full-buckets",
+                ["--bucket-genes", "65536", "--bucket-nnz", "80000000"],
+            )
+        )
+    for scale, label, suffix, extra in runs:
+        release, store = out / f"release-{scale:g}", out / f"store-{scale:g}{suffix}"
         shutil.rmtree(store, ignore_errors=True)
         floor = plain_read_seconds(release)
         took, peak = run_measured([*exe, "build", str(release), str(store), "--quiet", *extra])
@@ -140,7 +149,7 @@ def build_ladder(out: Path, scales: list[float]) -> list[dict]:
             file=sys.stderr,
             flush=True,
         )
-        if scale >= 0.5:
+        if scale >= 0.5 or suffix:
             shutil.rmtree(store)
     return rows
 
@@ -186,19 +195,140 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SOMA_VENV = Path(".venv-soma")
+QUERY_GENE = "DRD1"
+NOTEBOOK_GENES = ["SLC17A6", "SLC32A1", "PTPRC", "PLP1", "AQP4", "DRD1", "DRD2"]
+
+
+def _median_ms(fn, repeat: int = 7) -> tuple[float, object]:
+    result = fn()  # the first run warms DuckDB's and the OS's caches; the targets are for warm queries
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000, result
+
+
+def query_ladder(out: Path, scales: list[float], soma_scales: list[float]) -> list[dict]:
+    """Warm latency of the one-gene and the notebook questions from the store, against, on the same data
+    in the same run, the chunked h5ad scan (how abc_atlas_access reads genes) and TileDB-SOMA."""
+    from .analyses import mean_expression
+    from .catalog import connect
+    from .scan import mean_log2_by_term
+
+    rows = []
+    for scale in scales:
+        release, store = out / f"release-{scale:g}", out / f"store-{scale:g}"
+        con = connect(store)
+        one_ms, answer = _median_ms(lambda con=con: mean_expression(con, "Human", [QUERY_GENE], "Group"))
+        seven_ms, _ = _median_ms(
+            lambda con=con: [mean_expression(con, s, NOTEBOOK_GENES, "Group") for s in R.SPECIES]
+        )
+        t0 = time.perf_counter()
+        scanned = mean_log2_by_term(release, "Human", [QUERY_GENE], "Group")
+        scan_s = time.perf_counter() - t0
+        diff = float(np.abs(answer.loc[scanned.index, QUERY_GENE] - scanned[QUERY_GENE]).max())
+        row = {
+            "scale": scale,
+            "cells": int(con.sql("select count(*) from cells where species = 'Human'").fetchall()[0][0]),
+            "one_gene_ms": one_ms,
+            "seven_genes_ms": seven_ms,
+            "scan_s": scan_s,
+            "scan_diff": diff,
+        }
+        if scale in soma_scales:
+            row.update(_soma(out, scale, con, answer))
+        rows.append(row)
+        print(f"query {scale:g}: {row}", file=sys.stderr, flush=True)
+        con.close()
+    return rows
+
+
+def _soma(out: Path, scale: float, con, answer) -> dict:
+    python = SOMA_VENV / "bin" / "python"
+    if not python.exists():
+        sys.exit(f"{python} is missing: `make bench` creates it (pip install tiledbsoma)")
+    script = str(Path(__file__).with_name("bench_soma.py"))
+    uri = out / f"soma-{scale:g}"
+    shutil.rmtree(uri, ignore_errors=True)
+    h5ad = out / f"release-{scale:g}" / R.matrix_path("Human", "raw")
+    ingest = json.loads(
+        subprocess.run(
+            [str(python), script, "ingest", str(h5ad), str(uri)], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    cells = out / f"soma-cells-{scale:g}.parquet"
+    con.sql(
+        "select cell_index, group_name, total_counts from cells where species = 'Human' "
+        "and group_name is not null"
+    ).write_parquet(str(cells))
+    gene = int(
+        con.execute(
+            "select min(gene_index) from genes where species = 'Human' and gene_symbol = ?", [QUERY_GENE]
+        ).fetchall()[0][0]
+    )
+    result = json.loads(
+        subprocess.run(
+            [str(python), script, "query", str(uri), str(cells), str(gene), "7"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    soma = {g: v[0] for g, v in result["answer"].items()}
+    diff = max(abs(soma[g] - answer.loc[g, QUERY_GENE]) for g in soma)
+    return {
+        "soma_ms": float(np.median(result["seconds"])) * 1000,
+        "soma_diff": float(diff),
+        "soma_ingest_s": ingest["seconds"],
+        "soma_bytes": ingest["bytes"],
+        "soma_peak": ingest["peak_rss"],
+    }
+
+
+def query_table(rows: list[dict]) -> str:
+    lines = [
+        "| scale | Human cells | 1 gene x Group (store) | 7 genes x Group x 3 species (store) "
+        "| 1 gene, h5ad scan | scan / store | 1 gene, TileDB-SOMA | SOMA / store | SOMA ingest |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        soma = (
+            f"{r['soma_ms']:.0f} ms | {r['soma_ms'] / r['one_gene_ms']:.0f}x | {r['soma_ingest_s']:.0f} s, "
+            f"{r['soma_peak'] / 2**30:.1f} GiB peak"
+            if "soma_ms" in r
+            else "not run | | "
+        )
+        lines.append(
+            f"| {r['scale']:g} | {r['cells']:,} | {r['one_gene_ms']:.1f} ms | {r['seven_genes_ms']:.0f} ms "
+            f"| {r['scan_s']:.2f} s | {r['scan_s'] * 1000 / r['one_gene_ms']:.0f}x | {soma} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m build_db.bench", description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("data/bench"))
     ap.add_argument("--scales", default="0.01,0.1", help="comma-separated synth scales")
     ap.add_argument("--full", action="store_true", help="also run --scale 1 (hours, ~130 GB of disk)")
     ap.add_argument("--reuse", action="store_true", help="reuse releases already generated under --out")
+    ap.add_argument(
+        "--soma-scales",
+        default="0.01",
+        help="scales at which to ingest and query TileDB-SOMA (0.1 needs ~10 GiB and minutes)",
+    )
+    ap.add_argument("--skip-build", action="store_true", help="reuse stores already built under --out")
     args = ap.parse_args(argv)
     scales = [float(s) for s in args.scales.split(",")] + ([1.0] if args.full else [])
     args.out.mkdir(parents=True, exist_ok=True)
     synth_rows = synth_ladder(args.out, scales, args.reuse)
     if synth_rows:
         print("### synth\n\n" + table(synth_rows) + "\n")
-    print("### build\n\n" + build_table(build_ladder(args.out, scales)))
+    if not args.skip_build:
+        print("### build\n\n" + build_table(build_ladder(args.out, scales)) + "\n")
+    soma_scales = [float(x) for x in args.soma_scales.split(",") if x]
+    print("### queries\n\n" + query_table(query_ladder(args.out, scales, soma_scales)))
     return 0
 
 

@@ -22,7 +22,7 @@ from .errors import HmbaError
 CATALOG = "catalog.duckdb"
 STORAGE_VERSION = "v1.1.0"  # readable by DuckDB >= 1.1 (tested with 1.1.3), which BI drivers embed
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-VIEW_ORDER = ("expression", "expression_annotated")  # dependencies first
+VIEW_ORDER = ("expression_counts", "expression", "expression_annotated")  # dependencies first
 
 
 def _q(value: str | Path) -> str:
@@ -129,6 +129,23 @@ def relocate(store: Path) -> tuple[str, str]:
     return old or "", str(store)
 
 
+def store_of(con: duckdb.DuckDBPyConnection) -> Path:
+    """The store a connection reads: as connect() set it, else as the catalog records it."""
+    rows = con.execute("select getvariable('hmba_store')").fetchall()
+    path = rows[0][0] if rows and rows[0][0] else _store_path(con)
+    if not path:
+        raise HmbaError(
+            "this connection is not to an hmba-db catalog (no store_info); use build_db.connect(STORE)"
+        )
+    return Path(path)
+
+
+def bucket_files(con: duckdb.DuckDBPyConnection, species: str, buckets) -> list[str]:
+    """The Parquet files holding these buckets of a species: naming them skips globbing and pruning."""
+    root = store_of(con) / "expression" / f"species={species}"
+    return [str(root / f"gene_bucket={int(b):04d}" / "part-0.parquet") for b in sorted(set(buckets))]
+
+
 def _store_path(con: duckdb.DuckDBPyConnection) -> str | None:
     rows = con.execute("select value from store_info where key = 'store_path'").fetchall()
     return rows[0][0] if rows else None
@@ -155,6 +172,9 @@ def connect(
         )
     config = {"threads": threads} if threads else {}
     con = duckdb.connect(str(path), read_only=read_only, config=config)
+    con.execute(
+        "set variable hmba_store = ?", [str(store)]
+    )  # where the files are: analyses read them directly
     recorded = _store_path(con)
     if recorded is None or Path(recorded) != store:
         for name in VIEW_ORDER:

@@ -333,6 +333,20 @@ STORE_INFO = Table(
     (C("key", "VARCHAR", "Fact name"), C("value", "VARCHAR", "Fact value, as text")),
 )
 
+EXPRESSION_COUNTS = Table(
+    "expression_counts",
+    "The stored non-zero counts without log2_cpm (no join): the cheapest read of a gene when the query "
+    "joins cells itself. Filter on species and gene_index (or gene_bucket).",
+    (
+        SPECIES_COL,
+        C("gene_bucket", "INTEGER", "Expression folder of the gene (genes.gene_bucket)"),
+        GENE_INDEX,
+        CELL_INDEX,
+        C("raw_count", "INTEGER", "Raw UMI count (non-zero; absent rows are zeros)"),
+    ),
+    kind="view",
+)
+
 EXPRESSION = Table(
     "expression",
     "Every non-zero count of every built species, one row per (species, gene, cell), from the Parquet store. "
@@ -392,7 +406,7 @@ TABLES = (
 )
 # Tables the metadata stage writes as Parquet under tables/; the catalog adds cell_totals and store_info.
 PARQUET_TABLES = tuple(t for t in TABLES if t.name not in ("cell_totals", "store_info"))
-VIEWS = (EXPRESSION, EXPRESSION_ANNOTATED)
+VIEWS = (EXPRESSION_COUNTS, EXPRESSION, EXPRESSION_ANNOTATED)
 ALL = TABLES + VIEWS
 
 
