@@ -9,8 +9,10 @@ DUCKDB1_STAMP := $(DUCKDB1)/.installed
 DUCKDB1_VERSION := 1.1.3
 DATA ?= data
 SCALE ?= 0.01
+SPECIES ?= Marmoset
+WHAT ?= raw,metadata,taxonomy
 
-.PHONY: help demo test bench lint format synth check clean
+.PHONY: help demo test bench lint format synth check db clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -63,6 +65,12 @@ synth: $(STAMP) ## write a synthetic release at SCALE (default 0.01, all genes) 
 
 check: $(STAMP) ## check the release written by `make synth`
 	$(BIN)/hmba-db check $(DATA)/release-$(SCALE) --md5
+
+db: $(STAMP) ## download SPECIES (default Marmoset) of the real release and build DATA/store from it
+	$(BIN)/hmba-db download $(DATA)/real-release --species $(SPECIES) --what $(WHAT)
+	$(BIN)/hmba-db check $(DATA)/real-release --species $(SPECIES) --what $(WHAT)
+	$(BIN)/hmba-db build $(DATA)/real-release $(DATA)/store --species $(SPECIES)
+	$(BIN)/hmba-db info $(DATA)/store
 
 clean: ## remove generated data, caches and the virtualenv
 	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) .pytest_cache .ruff_cache *.egg-info

@@ -124,6 +124,55 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
 
 
 @main.command()
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--species", default=",".join(R.SPECIES), show_default=True, help="Comma-separated species.")
+@click.option("--release", "version", default=R.VERSION, show_default=True, help="Release version.")
+@click.option(
+    "--what",
+    "what",
+    default=",".join(R.PARTS),
+    show_default=True,
+    help="Parts: raw, log2, metadata, taxonomy (the build needs raw, metadata and taxonomy; log2 "
+    "only for its cross-check).",
+)
+@click.option("--base-url", default=R.BUCKET_URL, show_default=True, help="Where the bucket is served.")
+@click.option("--dry-run", is_flag=True, help="List the files and sizes; download nothing.")
+@click.option("--jobs", type=int, default=4, show_default=True, help="Files fetched in parallel.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def download(dest, species, version, what, base_url, dry_run, jobs, quiet):
+    """Download the release (or part of it) into DEST, in the bucket's layout, resumably and verified.
+
+    Plain HTTPS with Range requests, no AWS credentials. A partial file resumes where it stopped; every
+    file is checked against the manifest's md5 before it is renamed into place; files already here and
+    verified are skipped. DEST is a cache the official abc_atlas_access client also understands.
+
+    Example:
+
+        hmba-db download data/real-release --species Marmoset --what raw,metadata,taxonomy
+    """
+    from .download import download as run
+
+    plan = run(
+        dest,
+        species=_species(species),
+        what=_parts(what),
+        version=version,
+        base_url=base_url,
+        dry_run=dry_run,
+        jobs=jobs,
+        quiet=quiet,
+    )
+    if dry_run:
+        for e in plan.entries:
+            state = "here" if e.relative_path in plan.present else "fetch"
+            click.echo(f"{state:5s} {e.size:>16,}  {e.relative_path}")
+        click.echo(
+            f"{len(plan.entries)} files, {plan.total_bytes / 1e9:,.2f} GB in all; "
+            f"{plan.bytes_to_fetch / 1e9:,.2f} GB to download"
+        )
+
+
+@main.command()
 @click.argument("release", type=click.Path(path_type=Path))
 @click.option(
     "--species", default=None, help="Comma-separated species to require (default: all in the manifest)."

@@ -28,13 +28,16 @@ class Reporter:
         of = f" of {self.steps}" if self.steps else ""
         self.log(f"step [{self.step_no}{of}] {message}")
 
-    def bar(self, total: float, desc: str, unit: str = "it", unit_scale: bool = True) -> tqdm:
+    def bar(
+        self, total: float, desc: str, unit: str = "it", unit_scale: bool = True, position: int | None = None
+    ) -> tqdm:
         # Bars only on an interactive terminal: logs and CI output stay readable.
         return tqdm(
             total=total,
             desc=desc,
             unit=unit,
             unit_scale=unit_scale,
+            position=position,
             file=sys.stderr,
             disable=self.quiet or not sys.stderr.isatty(),
             leave=False,
