@@ -8,7 +8,6 @@ Range request after an interruption, and renamed into place only once its md5 ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from . import release as R
 from .errors import HmbaError
-from .manifest import MD5_CHUNK, FileEntry, md5_file, parse_manifest
+from .manifest import FileEntry, md5_file, parse_manifest
 from .progress import Reporter
 
 CHUNK = 1 << 20  # bytes per read from the socket
@@ -262,7 +261,7 @@ def _fetch_file(
             have = partial.stat().st_size
             if have < entry.size:
                 raise ConnectionError(f"connection closed at byte {have:,} of {entry.size:,}")
-        digest = _md5_partial(partial)
+        digest = md5_file(partial)
         if digest != entry.file_hash:
             progress(-partial.stat().st_size)
             partial.unlink()
@@ -277,14 +276,6 @@ def _fetch_file(
         rep.log(f"{entry.relative_path}: {reason}; retrying in {delay:.0f} s")
 
     _with_retries(attempt, url, retries, backoff, on_retry)
-
-
-def _md5_partial(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(MD5_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(
