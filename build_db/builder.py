@@ -26,7 +26,7 @@ from . import release as R
 from .check import check_release
 from .errors import HmbaError, ReleaseError
 from .h5ad import CsrReader
-from .manifest import read_manifest
+from .manifest import Layout, layout, read_manifest
 from .progress import Reporter, run_pool
 from .transpose import (
     BUCKET_TARGET_NNZ,
@@ -88,17 +88,16 @@ def build(
         raise HmbaError(f"{store} exists and is not an hmba-db store (no build.json); choose another path")
     rep = Reporter(quiet)
     _, entries = read_manifest(release, version)
+    lay = Layout(entries, version)
     listed = [s for s in R.SPECIES if any(e.species == s and e.part == "raw" for e in entries)]
     if species is None:  # what was downloaded: a one-species download builds that species
-        species = tuple(s for s in listed if (release / R.matrix_path(s, "raw", version)).exists()) or tuple(
-            listed
-        )
+        species = tuple(s for s in listed if (release / lay.matrix(s, "raw")).exists()) or tuple(listed)
     species = tuple(s for s in R.SPECIES if s in species)
     if not species:
         raise ReleaseError(
             f"{release}: the manifest lists no raw matrix; download one (--what raw)", path=release
         )
-    has_log2 = {s: (release / R.matrix_path(s, "log2", version)).exists() for s in species}
+    has_log2 = {s: (release / lay.matrix(s, "log2")).exists() for s in species}
     parts = ("raw", "metadata", "taxonomy") + (("log2",) if all(has_log2.values()) else ())
     rep.steps = 5 + 2 * len(species)
     rep.step(f"check the release ({', '.join(species)})")
@@ -189,7 +188,7 @@ def _fingerprints(release: Path, species, entries, version) -> dict:
     by_path = {e.relative_path: e for e in entries}
     for s in species:
         for kind in R.MATRIX_KINDS:
-            rel = R.matrix_path(s, kind, version)
+            rel = Layout(entries, version).matrix(s, kind)
             path = release / rel
             if path.exists():
                 e = by_path.get(rel)
@@ -246,7 +245,7 @@ def _sort_job(plan, k, staging, tags, out, q):
 def _build_species(
     release, staging, species, version, jobs, plan_args, state, pool, q, rep, has_log2
 ) -> dict:
-    raw_path = release / R.matrix_path(species, "raw", version)
+    raw_path = release / layout(release, version).matrix(species, "raw")
     with CsrReader(raw_path) as m:
         shape, nnz, indptr = m.shape, m.nnz, m.indptr()
         cell_labels = m.obs_names()
@@ -364,8 +363,8 @@ def _write_gene_buckets(staging: Path, species: str, gene_ids, symbols, plan: Bu
 
 def _log2_check(release: Path, species: str, version: str, totals: np.ndarray) -> dict:
     """Derived log2(CPM+1) must equal the release's log2 file on a sample of cells, or the build fails."""
-    raw_path = release / R.matrix_path(species, "raw", version)
-    log2_path = release / R.matrix_path(species, "log2", version)
+    lay = layout(release, version)
+    raw_path, log2_path = release / lay.matrix(species, "raw"), release / lay.matrix(species, "log2")
     rng = np.random.default_rng(0)
     n = len(totals)
     rows = np.unique(rng.choice(n, size=min(n, LOG2_SAMPLE_CELLS), replace=False)) if n else np.array([], int)

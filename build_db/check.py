@@ -17,7 +17,7 @@ import pandas as pd
 from . import release as R
 from .errors import ReleaseError
 from .h5ad import CsrReader
-from .manifest import FileEntry, md5_file, read_manifest
+from .manifest import FileEntry, Layout, md5_file, read_manifest
 
 REDOWNLOAD = "download it again from the release bucket"
 
@@ -69,6 +69,7 @@ def check_release(
             release, tuple(species or ()), parts, 0, [Problem(str(e.path), str(e).split(": ", 1)[1])], {}
         )
     mpath = R.manifest_path(version)
+    lay = Layout(entries, version)
     if data.get("version") != version:
         problems.append(
             Problem(
@@ -80,7 +81,7 @@ def check_release(
     listed_species = tuple(s for s in R.SPECIES if any(e.species == s for e in entries))
     if species is None:
         species = listed_species
-    wanted = _expected(species, parts, version)
+    wanted = _expected(species, parts, lay)
     by_path = {e.relative_path: e for e in entries}
     for e in entries:
         problems += _entry_consistency(e, version, mpath)
@@ -120,23 +121,23 @@ def check_release(
 
     csv_ok = {}
     for spec in R.csvs_for(species, parts):
-        rel = spec.relative_path(version)
+        rel = lay.csv(spec)
         if rel in present:
             header_problem = _check_header(release / rel, rel, spec)
             csv_ok[spec.name] = header_problem is None
             if header_problem:
                 problems.append(header_problem)
     shapes: dict[str, tuple[int, int]] = {}
-    problems += _check_matrices(release, species, parts, present, csv_ok, version, shapes)
+    problems += _check_matrices(release, species, parts, present, csv_ok, lay, shapes)
     return CheckReport(release, tuple(species), tuple(parts), len(present), problems, shapes)
 
 
-def _expected(species, parts, version) -> list[str]:
-    rels = [spec.relative_path(version) for spec in R.csvs_for(species, parts)]
+def _expected(species, parts, lay: Layout) -> list[str]:
+    rels = [lay.csv(spec) for spec in R.csvs_for(species, parts)]
     for s in species:
         for kind in R.MATRIX_KINDS:
             if kind in parts:
-                rels.append(R.matrix_path(s, kind, version))
+                rels.append(lay.matrix(s, kind))
     return rels
 
 
@@ -180,37 +181,37 @@ def _check_header(path: Path, rel: str, spec: R.CsvSpec) -> Problem | None:
     return None
 
 
-def _check_matrices(release, species, parts, present, csv_ok, version, shapes) -> list[Problem]:
+def _check_matrices(release, species, parts, present, csv_ok, lay: Layout, shapes) -> list[Problem]:
     problems: list[Problem] = []
     cells_per_matrix = None
     if "metadata" in parts and csv_ok.get(R.CELL_METADATA.name):
-        labels = pd.read_csv(
-            release / R.CELL_METADATA.relative_path(version), usecols=["feature_matrix_label"], dtype=str
-        )["feature_matrix_label"]
+        labels = pd.read_csv(release / lay.csv(R.CELL_METADATA), usecols=["feature_matrix_label"], dtype=str)[
+            "feature_matrix_label"
+        ]
         cells_per_matrix = labels.value_counts().to_dict()
     for s in species:
         gene_ids = None
         gspec = R.GENE_TABLES[s]
         if "metadata" in parts and csv_ok.get(gspec.name):
-            gene_ids = pd.read_csv(
-                release / gspec.relative_path(version), usecols=["gene_identifier"], dtype=str
-            )["gene_identifier"].to_numpy()
+            gene_ids = pd.read_csv(release / lay.csv(gspec), usecols=["gene_identifier"], dtype=str)[
+                "gene_identifier"
+            ].to_numpy()
         seen = {}
         for kind in R.MATRIX_KINDS:
-            rel = R.matrix_path(s, kind, version)
+            rel = lay.matrix(s, kind)
             if kind not in parts or rel not in present:
                 continue
             try:
                 with CsrReader(release / rel) as m:
                     seen[kind] = (m.shape, m.nnz)
-                    problems += _check_one_matrix(m, rel, kind, s, cells_per_matrix, gene_ids, version)
+                    problems += _check_one_matrix(m, rel, kind, s, cells_per_matrix, gene_ids, lay)
                     shapes[f"{s}/{kind}"] = m.shape
             except ReleaseError as e:
                 problems.append(Problem(rel, str(e).split(": ", 1)[1] if ": " in str(e) else str(e)))
         if len(seen) == 2 and seen["raw"] != seen["log2"]:
             problems.append(
                 Problem(
-                    R.matrix_path(s, "log2", version),
+                    lay.matrix(s, "log2"),
                     f"shape/non-zeros {seen['log2']} differ from the raw matrix's {seen['raw']}; "
                     f"one of the two files is from another release: {REDOWNLOAD}",
                 )
@@ -218,7 +219,9 @@ def _check_matrices(release, species, parts, present, csv_ok, version, shapes) -
     return problems
 
 
-def _check_one_matrix(m: CsrReader, rel, kind, species, cells_per_matrix, gene_ids, version) -> list[Problem]:
+def _check_one_matrix(
+    m: CsrReader, rel, kind, species, cells_per_matrix, gene_ids, lay: Layout
+) -> list[Problem]:
     out = []
     allowed = R.RAW_DTYPES if kind == "raw" else ("float32", "float64")
     if str(m.dtype) not in allowed:
@@ -260,7 +263,7 @@ def _check_one_matrix(m: CsrReader, rel, kind, species, cells_per_matrix, gene_i
                 )
             )
     if gene_ids is not None:
-        gtable = R.GENE_TABLES[species].relative_path(version)
+        gtable = lay.csv(R.GENE_TABLES[species])
         if len(gene_ids) != n_var:
             out.append(
                 Problem(

@@ -31,6 +31,7 @@ BACKOFF = 1.0  # seconds before the first retry; doubles each time, capped at 30
 TIMEOUT = 60.0  # seconds without a byte before a request is abandoned and retried
 DISK_MARGIN = 1 << 30  # keep 1 GiB free beyond what the files need
 RECORD = "_downloaded_data.json"
+CSV_NAMES = {spec.name for spec in R.ALL_CSVS}  # the CSVs the loader reads; others in the listing are skipped
 
 
 class DownloadError(HmbaError):
@@ -132,12 +133,11 @@ def select(entries: list[FileEntry], species: tuple[str, ...], what: tuple[str, 
     """The files of these species and parts: matrices and gene tables per species, shared CSVs once."""
     out = []
     for e in entries:
-        known = {spec.relative_path(e.version) for spec in R.ALL_CSVS}
         if e.part not in what:
             continue
         if e.species is not None and e.species not in species:
             continue
-        if e.variant is None and e.ext == "csv" and e.relative_path not in known:
+        if e.variant is None and e.ext == "csv" and e.key not in CSV_NAMES:
             continue  # files of the listing that the loader does not use
         if e.ext not in ("csv", "h5ad"):
             continue

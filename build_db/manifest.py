@@ -181,3 +181,34 @@ def read_manifest(root: Path, version: str = R.VERSION) -> tuple[dict, list[File
     except json.JSONDecodeError as e:
         raise ReleaseError(f"{path}: not valid JSON ({e}); fetch the manifest again", path=path) from e
     return data, parse_manifest(data, str(path))
+
+
+class Layout:
+    """Where each file of a release is, as its manifest says (falling back to DATASET.md's layout).
+
+    Relative paths come from the manifest rather than being built from the release version, because a
+    directory may carry another version than the release (the taxonomy is documented under both
+    20250630 and 20250531).
+    """
+
+    def __init__(self, entries: list[FileEntry], version: str = R.VERSION):
+        self.version = version
+        self.by_key = {
+            (e.key if e.variant is None else f"{e.key}/{e.variant}"): e.relative_path for e in entries
+        }
+
+    def csv(self, spec: R.CsvSpec) -> str:
+        return self.by_key.get(spec.name) or spec.relative_path(self.version)
+
+    def matrix(self, species: str, kind: str) -> str:
+        return self.by_key.get(f"{R.matrix_stem(species)}/{kind}") or R.matrix_path(
+            species, kind, self.version
+        )
+
+
+def layout(release: Path, version: str = R.VERSION) -> Layout:
+    """The release's Layout; DATASET.md's paths when there is no readable manifest."""
+    try:
+        return Layout(read_manifest(release, version)[1], version)
+    except ReleaseError:
+        return Layout([], version)

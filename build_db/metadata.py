@@ -15,6 +15,7 @@ import duckdb
 from . import release as R
 from . import schema as S
 from .errors import ReleaseError
+from .manifest import layout
 
 
 def _q(path: Path | str) -> str:
@@ -28,13 +29,14 @@ class MetadataBuilder:
         self.store = Path(store)
         self.species = species
         self.version = version
+        self.layout = layout(self.release, version)
         self.con = duckdb.connect(config={"threads": 2, "memory_limit": "3GB"})
         self.report: dict[str, int | dict] = {}
 
     # --- reading ---
 
     def _path(self, spec: R.CsvSpec) -> Path:
-        return self.release / spec.relative_path(self.version)
+        return self.release / self.layout.csv(spec)
 
     def load(self, spec: R.CsvSpec, view: str) -> None:
         """Register a CSV as a text-only view, after checking it has the columns we read."""

@@ -15,6 +15,7 @@ import pandas as pd
 from . import release as R
 from .errors import HmbaError
 from .h5ad import CsrReader
+from .manifest import layout
 
 CHUNK_ROWS = 8192  # the notebooks' chunk size
 
@@ -24,12 +25,13 @@ def cell_terms(release: Path, level: str = "Group") -> pd.DataFrame:
     if level not in R.LEVELS:
         raise HmbaError(f"unknown taxonomy level {level!r}; choose from {', '.join(R.LEVELS)}")
     release = Path(release)
+    lay = layout(release)
     members = pd.read_csv(
-        release / R.CELL_MEMBERSHIP.relative_path(), dtype=str, usecols=["cell_label", "cluster_alias"]
+        release / lay.csv(R.CELL_MEMBERSHIP), dtype=str, usecols=["cell_label", "cluster_alias"]
     )
-    tree = pd.read_csv(release / R.CLUSTER_MEMBERSHIP.relative_path(), dtype=str)
+    tree = pd.read_csv(release / lay.csv(R.CLUSTER_MEMBERSHIP), dtype=str)
     tree = tree[tree.cluster_annotation_term_set_name == level]
-    terms = pd.read_csv(release / R.TERM.relative_path(), dtype=str, usecols=["label", "term_order"])
+    terms = pd.read_csv(release / lay.csv(R.TERM), dtype=str, usecols=["label", "term_order"])
     tree = tree.merge(terms, left_on="cluster_annotation_term_label", right_on="label")
     out = members.merge(
         tree[["cluster_alias", "cluster_annotation_term_name", "term_order"]], on="cluster_alias"
@@ -42,14 +44,14 @@ def cell_terms(release: Path, level: str = "Group") -> pd.DataFrame:
 def resolve_symbols(release: Path, species: str, symbols: list[str]) -> dict[str, int]:
     """Gene symbol -> column index in the species matrix (first identifier when a symbol repeats)."""
     genes = pd.read_csv(
-        Path(release) / R.GENE_TABLES[species].relative_path(), dtype=str, keep_default_na=False
+        Path(release) / layout(release).csv(R.GENE_TABLES[species]), dtype=str, keep_default_na=False
     )
     out = {}
     for s in symbols:
         hits = np.flatnonzero(genes.gene_symbol.to_numpy() == s)
         if len(hits) == 0:
             raise HmbaError(
-                f"{R.GENE_TABLES[species].relative_path()}: no gene with symbol {s!r} in {species}"
+                f"{layout(release).csv(R.GENE_TABLES[species])}: no gene with symbol {s!r} in {species}"
             )
         out[s] = int(hits[0])
     return out
@@ -63,7 +65,7 @@ def mean_log2_by_term(release: Path, species: str, symbols: list[str], level: st
     release = Path(release)
     cols = resolve_symbols(release, species, symbols)
     terms = cell_terms(release, level)
-    with CsrReader(release / R.matrix_path(species, "log2")) as m:
+    with CsrReader(release / layout(release).matrix(species, "log2")) as m:
         labels = m.obs_names()
         indptr = m.indptr()
         names = terms[level.lower()].reindex(labels)

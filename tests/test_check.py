@@ -172,3 +172,26 @@ def _mix() -> bool:
 def test_cli_rejects_bad_options(tiny_release, args, error):
     result = CliRunner().invoke(main, ["check", str(tiny_release), *args])
     assert result.exit_code == 2 and error in result.output
+
+
+def test_files_are_found_where_the_manifest_says(release_copy):
+    """A directory may carry another version than the release (the taxonomy is documented under both
+    20250630 and 20250531): paths come from the manifest, not from the release version."""
+    import shutil
+
+    from build_db.builder import build
+
+    old = release_copy / "metadata" / R.TAXONOMY_DIR / "20250630"
+    new = release_copy / "metadata" / R.TAXONOMY_DIR / "20250531"
+    shutil.move(old, new)
+    mpath = release_copy / R.manifest_path()
+    data = json.loads(mpath.read_text())
+    for entry in data["file_listing"][R.TAXONOMY_DIR]["metadata"].values():
+        f = entry["files"]["csv"]
+        f["relative_path"] = f["relative_path"].replace("/20250630/", "/20250531/")
+        f["url"] = f["url"].replace("/20250630/", "/20250531/")
+        f["version"] = "20250531"
+    mpath.write_text(json.dumps(data))
+    assert messages(release_copy) == []
+    store = build(release_copy, release_copy.parent / "store", species=("Marmoset",), quiet=True).store
+    assert (store / "catalog.duckdb").exists()
