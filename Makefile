@@ -33,6 +33,13 @@ $(SOMA_STAMP):
 	$(SOMA)/bin/pip install --quiet tiledbsoma==$(SOMA_VERSION)
 	touch $(SOMA_STAMP)
 
+# The DuckDB Node client (embeds DuckDB 1.5, as BI plugins embed their own builds), for the catalog tests.
+NODE_STAMP := tests/node/node_modules/.installed
+
+$(NODE_STAMP): tests/node/package.json
+	npm install --silent --no-package-lock --no-audit --no-fund --prefix tests/node
+	touch $(NODE_STAMP)
+
 $(DUCKDB1_STAMP):
 	$(PYTHON) -m venv $(DUCKDB1)
 	$(DUCKDB1)/bin/pip install --quiet duckdb==$(DUCKDB1_VERSION)
@@ -45,10 +52,10 @@ demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer
 	$(BIN)/hmba-db verify $(DATA)/demo-store
 	$(BIN)/python -m build_db.demo $(DATA)/demo-release $(DATA)/demo-store
 
-test: $(STAMP) $(DUCKDB1_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
+test: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
 	$(BIN)/pytest -q
 
-bench: $(STAMP) $(DUCKDB1_STAMP) $(SOMA_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, then the slow tests
+bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, then the slow tests
 	$(BIN)/python -m build_db.bench --out $(DATA)/bench
 	$(BIN)/pytest -q -m slow
 
@@ -73,5 +80,5 @@ db: $(STAMP) ## download SPECIES (default Marmoset) of the real release and buil
 	$(BIN)/hmba-db info $(DATA)/store
 
 clean: ## remove generated data, caches and the virtualenv
-	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) tests/node/node_modules .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import Manager
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from .check import check_release
 from .errors import HmbaError, ReleaseError
 from .h5ad import CsrReader
 from .manifest import Layout, layout, read_manifest
-from .progress import Reporter, run_pool
+from .progress import Reporter, run_pool, worker_pool
 from .transpose import (
     BUCKET_TARGET_NNZ,
     MAX_BUCKET_GENES,
@@ -120,8 +118,7 @@ def build(
     state = _load_state(staging, params, rep)
     result = BuildResult(store, resumed=bool(state.get("species")))
     t0 = time.monotonic()
-    with Manager() as manager, ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        q = manager.Queue()
+    with worker_pool(jobs) as (pool, q):
         for s in species:
             result.species[s] = _build_species(
                 release,

@@ -152,13 +152,15 @@ def _store_path(con: duckdb.DuckDBPyConnection) -> str | None:
 
 
 def connect(
-    store: Path | str, *, read_only: bool = True, threads: int | None = None
+    store: Path | str, *, read_only: bool = True, threads: int | None = None, private: bool = False
 ) -> duckdb.DuckDBPyConnection:
     """Open the store's catalog: a DuckDB connection with every table and view registered.
 
     Read-only by default, from any working directory. If the store was moved since it was built, the
     expression views are shadowed by temporary views pointing at its new place (run `hmba-db relocate`
-    to fix the file itself).
+    to fix the file itself). `private=True` opens the catalog in a database instance of its own (DuckDB
+    otherwise shares one instance per file within a process), so settings made on it, such as the
+    sandbox's, touch no other connection.
 
     Example:
         >>> con = connect("data/demo-store")  # doctest: +SKIP
@@ -171,16 +173,26 @@ def connect(
             f"{path}: not found; build the store first (hmba-db build RELEASE {store})", path=path
         )
     config = {"threads": threads} if threads else {}
-    con = duckdb.connect(str(path), read_only=read_only, config=config)
+    con = None
+    if not private:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
+        except duckdb.ConnectionException as e:
+            if "different configuration" not in str(e):
+                raise
+            # Another library in this process (e.g. SQLAlchemy) holds the file with other settings.
+    if con is None:
+        con = duckdb.connect(":memory:", config=config)
+        con.execute(f"attach {_q(path)} as catalog ({'read_only' if read_only else 'read_write'})")
+        con.execute("use catalog")
     con.execute(
         "set variable hmba_store = ?", [str(store)]
     )  # where the files are: analyses read them directly
     recorded = _store_path(con)
     if recorded is None or Path(recorded) != store:
         for name in VIEW_ORDER:
-            con.execute(
-                view_sql(name, store).replace(
-                    f"create or replace view {name}", f"create or replace temp view {name}", 1
-                )
+            temp = view_sql(name, store).replace(
+                f"create or replace view {name}", f"create or replace temp view {name}", 1
             )
+            con.execute(temp)
     return con

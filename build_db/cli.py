@@ -321,10 +321,22 @@ def _emit(df, fmt: str) -> None:
     show_default=True,
     help="Output format (results to stdout, messages to stderr).",
 )
-def sql(store, query, fmt):
+@click.option(
+    "--safe",
+    is_flag=True,
+    help="Treat the SQL as untrusted: one SELECT over the catalog's tables only, DuckDB's sandbox on.",
+)
+@click.option(
+    "--timeout", type=float, default=30.0, show_default=True, help="With --safe: seconds before stopping."
+)
+@click.option(
+    "--max-rows", type=int, default=100_000, show_default=True, help="With --safe: rows returned at most."
+)
+def sql(store, query, fmt, safe, timeout, max_rows):
     """Run SQL against the store's catalog (read-only) and print the result.
 
-    SQL is a query string, or - to read it from stdin. Tables: cells, genes, taxonomy_terms, clusters,
+    SQL is a query string, or - to read it from stdin. With --safe the query is treated as untrusted
+    (see the README's "Untrusted SQL"). Tables: cells, genes, taxonomy_terms, clusters,
     donors, libraries, value_sets, ...; views: expression, expression_annotated (see the README's data
     dictionary).
 
@@ -337,6 +349,14 @@ def sql(store, query, fmt):
     from .catalog import connect
 
     query = _read_sql(query)
+    if safe:
+        from .sandbox import run_safe
+
+        result = run_safe(store, query, timeout=timeout, max_rows=max_rows)
+        _emit(result.frame, fmt)
+        if result.truncated:
+            click.echo(f"(stopped at {max_rows:,} rows: --max-rows)", err=True)
+        return
     con = connect(store)
     try:
         rel = con.sql(query)
@@ -399,6 +419,22 @@ def relocate(store):
 
     old, new = run(store)
     click.echo(f"views now read {new}" + (f" (were {old})" if old and old != new else ""))
+
+
+@main.command("connect-info")
+@click.argument("store", type=click.Path(path_type=Path))
+def connect_info(store):
+    """Print how to connect BI tools (Superset, Metabase, Tableau, Power BI, Grafana, DBeaver) to STORE.
+
+    Every recipe opens STORE/catalog.duckdb read-only; no init statement is needed.
+
+    Example:
+
+        hmba-db connect-info data/demo-store
+    """
+    from .bi import recipes
+
+    click.echo(recipes(store))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import queue
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from tqdm import tqdm
 
@@ -72,3 +74,15 @@ def _drain(q, bar) -> None:
             bar.update(q.get_nowait())
         except queue.Empty:
             return
+
+
+@contextlib.contextmanager
+def worker_pool(jobs: int):
+    """A process pool and a queue its workers report progress on.
+
+    Workers come from a fork server, not from forking this process: a caller may hold DuckDB connections
+    (or other threaded libraries) that a plain fork copies mid-flight, which crashed workers in testing.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
+        yield pool, manager.Queue()

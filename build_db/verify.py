@@ -11,13 +11,13 @@ gene range.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from .errors import HmbaError
+from .progress import worker_pool
 
 BATCH_ROWS = 4_000_000
 
@@ -86,7 +86,7 @@ def verify_store(store: Path, species: list[str] | None = None, jobs: int = 2) -
     store = Path(store)
     info = _build_info(store)
     problems: list[str] = []
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with worker_pool(jobs) as (pool, _):
         for sp, meta in info["species"].items():
             if species and sp not in species:
                 continue

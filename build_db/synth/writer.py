@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import Manager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from .. import release as R
 from ..errors import HmbaError
 from ..h5ad import INT32_LIMIT, CsrWriter
 from ..manifest import entry_for, write_manifest
-from ..progress import Reporter, run_pool
+from ..progress import Reporter, run_pool, worker_pool
 from . import metadata as M
 from .model import gene_table, log2_cpm, sample_counts, species_model
 from .taxonomy import ABBREVIATIONS, LEVEL_DESCRIPTIONS, Taxonomy, build_taxonomy
@@ -135,8 +133,7 @@ def _write(
         )
         for s in species
     ]
-    with Manager() as manager, ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        q = manager.Queue()
+    with worker_pool(jobs) as (pool, q):
         tasks = {a[0]: (_species_worker, (*a, q)) for a in args}
 
         def done(species: str, r: SpeciesResult) -> None:
