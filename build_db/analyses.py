@@ -37,28 +37,37 @@ def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[st
     """
     if species not in R.SPECIES:
         raise HmbaError(f"unknown species {species!r}; choose from {', '.join(R.SPECIES)}")
-    rows = con.execute(
-        "select gene_symbol, min(gene_index), arg_min(gene_bucket, gene_index), "
-        "arg_min(gene_identifier, gene_index), "
-        "count(*) from genes where species = ? and gene_symbol in (select unnest(?::varchar[])) group by 1",
-        [species, list(symbols)],
-    ).fetchall()
-    found = {r[0]: GeneMatch(r[0], int(r[1]), int(r[2]), r[3], int(r[4])) for r in rows}
-    missing = [s for s in symbols if s not in found]
+    table = _symbols(con, species)
+    missing = [s for s in symbols if s not in table]
     if missing:
-        known = [
-            r[0]
-            for r in con.execute(
-                "select distinct gene_symbol from genes where species = ? and gene_symbol is not null",
-                [species],
-            ).fetchall()
-        ]
         hints = []
         for s in missing:
-            close = difflib.get_close_matches(s, known, n=3, cutoff=0.6)
+            close = difflib.get_close_matches(s, sorted(table), n=3, cutoff=0.6)
             hints.append(f"{s} (closest: {', '.join(close)})" if close else s)
         raise HmbaError(f"{species}: no gene with symbol {'; '.join(hints)}")
-    return [found[s] for s in symbols]
+    return [table[s] for s in symbols]
+
+
+# Per store build (path and built_at): symbol tables and per-cell term arrays, loaded once per process.
+_CACHE: dict[tuple, object] = {}
+
+
+def _cache_key(con: duckdb.DuckDBPyConnection, *parts) -> tuple:
+    built = con.execute("select value from store_info where key = 'built_at'").fetchall()
+    return (str(store_of(con)), built[0][0] if built else "", *parts)
+
+
+def _symbols(con: duckdb.DuckDBPyConnection, species: str) -> dict[str, GeneMatch]:
+    key = _cache_key(con, "symbols", species)
+    if key not in _CACHE:
+        rows = con.execute(
+            "select gene_symbol, min(gene_index), arg_min(gene_bucket, gene_index), "
+            "arg_min(gene_identifier, gene_index), count(*) from genes "
+            "where species = ? and gene_symbol is not null group by 1",
+            [species],
+        ).fetchall()
+        _CACHE[key] = {r[0]: GeneMatch(r[0], int(r[1]), int(r[2]), r[3], int(r[4])) for r in rows}
+    return _CACHE[key]
 
 
 @dataclass
@@ -69,16 +78,11 @@ class _CellTerms:
     codes: np.ndarray
     totals: np.ndarray
     terms: list[str]
-    orders: np.ndarray
     sizes: np.ndarray
 
 
-_CACHE: dict[tuple, _CellTerms] = {}
-
-
 def _cell_terms(con: duckdb.DuckDBPyConnection, species: str, level: str) -> _CellTerms:
-    built = con.execute("select value from store_info where key = 'built_at'").fetchall()
-    key = (str(store_of(con)), built[0][0] if built else "", species, level)
+    key = _cache_key(con, "cells", species, level)
     if key not in _CACHE:
         p = S.LEVEL_PREFIX[level]
         cells = con.execute(
@@ -93,7 +97,6 @@ def _cell_terms(con: duckdb.DuckDBPyConnection, species: str, level: str) -> _Ce
             codes,
             cells.total_counts.to_numpy(np.float64),
             list(names.term),
-            names.term_order.to_numpy(),
             np.bincount(codes[codes >= 0], minlength=len(names)),
         )
     return _CACHE[key]

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -402,7 +401,3 @@ def _publish(staging: Path, store: Path) -> None:
     os.replace(staging, store)
     if old.exists():
         shutil.rmtree(old)
-
-
-def read_cell_totals(store: Path, species: str) -> pd.DataFrame:
-    return pd.read_parquet(Path(store) / "tables" / "cell_totals" / f"{species}.parquet")
