@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,17 +133,10 @@ def build(
                 rep,
                 has_log2[s],
             )
-    rep.step("metadata tables: cells, genes, taxonomy, donors, libraries")
     from .catalog import write_catalog
     from .metadata import MetadataBuilder
     from .verify import verify_store
 
-    metadata_report = MetadataBuilder(release, staging, list(species), version).build()
-    for sp, counts in metadata_report["cells"].items():
-        rep.log(
-            f"  {sp}: {counts['cells']:,} cells, {counts['assigned']:,} with a cluster, "
-            f"{counts['unassigned']:,} without (left joins: their taxonomy columns are NULL)"
-        )
     info = {
         "tool": "hmba-db",
         "tool_version": __version__,
@@ -152,15 +146,29 @@ def build(
         "sources": params["sources"],
         "parameters": {"bucket_nnz": bucket_nnz, "bucket_genes": bucket_genes, "jobs": jobs},
         "species": result.species,
-        "metadata": metadata_report,
     }
     save_json(staging / "build.json", info)
-    rep.step("catalog.duckdb: tables, views, descriptions")
-    write_catalog(
-        staging, store, {k: str(info[k]) for k in ("tool_version", "built_at", "release", "release_version")}
-    )
-    rep.step("verify the store against the source")
-    problems = verify_store(staging, jobs=jobs)
+    # Verification reads the Parquet files back in worker processes; the metadata and catalog steps
+    # run in this process meanwhile (they only read the CSVs and the small tables).
+    rep.step("verify the store against the source (in the background)")
+    with ThreadPoolExecutor(max_workers=1) as background:
+        verifying = background.submit(verify_store, staging, None, jobs)
+        rep.step("metadata tables: cells, genes, taxonomy, donors, libraries")
+        metadata_report = MetadataBuilder(release, staging, list(species), version).build()
+        for sp, counts in metadata_report["cells"].items():
+            rep.log(
+                f"  {sp}: {counts['cells']:,} cells, {counts['assigned']:,} with a cluster, "
+                f"{counts['unassigned']:,} without (left joins: their taxonomy columns are NULL)"
+            )
+        info["metadata"] = metadata_report
+        save_json(staging / "build.json", info)
+        rep.step("catalog.duckdb: tables, views, descriptions")
+        write_catalog(
+            staging,
+            store,
+            {k: str(info[k]) for k in ("tool_version", "built_at", "release", "release_version")},
+        )
+        problems = verifying.result()
     if problems:
         raise HmbaError(
             f"verification failed, store not published (staging kept at {staging}): {problems[0]}"
@@ -291,7 +299,17 @@ def _build_species(
         if str(k) not in sstate["buckets"]
     }
 
+    totals = np.concatenate([np.load(scatter_dir / f"totals.{t}.npy") for t in tags])
+    detected = np.concatenate([np.load(scatter_dir / f"detected.{t}.npy") for t in tags])
+    log2 = {"checked": False}
+    if has_log2:  # one more task beside the buckets: a worker does it while the others sort
+        todo["log2"] = (_log2_check, (release, species, version, totals))
+
     def written(k, n):
+        nonlocal log2
+        if k == "log2":
+            log2 = n
+            return
         sstate["buckets"][str(k)] = n
         save_json(staging / "state.json", state)
 
@@ -303,11 +321,8 @@ def _build_species(
     for t in tags:
         for k, s in enumerate(sstate["scatter"][t]["stats"]):
             stats[k].add(BucketStats(**s))
-    totals = np.concatenate([np.load(scatter_dir / f"totals.{t}.npy") for t in tags])
-    detected = np.concatenate([np.load(scatter_dir / f"detected.{t}.npy") for t in tags])
     _write_cell_totals(staging, species, cell_labels, totals, detected)
     _write_gene_buckets(staging, species, gene_ids, symbols, plan)
-    log2 = _log2_check(release, species, version, totals) if has_log2 else {"checked": False}
     return {
         "cells": int(shape[0]),
         "genes": int(shape[1]),
