@@ -81,6 +81,12 @@ class MetadataBuilder:
             path = self._path(spec)
             raise ReleaseError(f"{path}: " + message.format(*row), path=path, key=row[0])
 
+    def unique(self, view: str, key: str, message: str, spec: R.CsvSpec) -> None:
+        """Raise `message` ({0}: the key, {1}: its count) when a key repeats in the view."""
+        self.fail_if(
+            f"select {key}, count(*) from {view} group by 1 having count(*) > 1 limit 1", message, spec
+        )
+
     def count(self, sql: str) -> int:
         return int(self.first(sql)[0])
 
@@ -123,8 +129,9 @@ class MetadataBuilder:
 
     def _donors_libraries_values(self) -> None:
         c = self.con
-        self.fail_if(
-            "select donor_label, count(*) from donor_csv group by 1 having count(*) > 1 limit 1",
+        self.unique(
+            "donor_csv",
+            "donor_label",
             "donor_label {0} appears {1} times; each donor must be listed once",
             R.DONOR,
         )
@@ -134,8 +141,9 @@ class MetadataBuilder:
             f"species_genus, donor_sex, donor_age, {age} as donor_age_value, donor_age_unit, donor_nhash_id "
             "from donor_csv"
         )
-        self.fail_if(
-            "select library_label, count(*) from library_csv group by 1 having count(*) > 1 limit 1",
+        self.unique(
+            "library_csv",
+            "library_label",
             "library_label {0} appears {1} times; each library must be listed once",
             R.LIBRARY,
         )
@@ -163,11 +171,7 @@ class MetadataBuilder:
             f"create temp table taxonomy_levels as select label as level_label, name as level, description, "
             f"{lv_order} as level_order from levels_csv"
         )
-        self.fail_if(
-            "select label, count(*) from terms_csv group by 1 having count(*) > 1 limit 1",
-            "term {0} appears {1} times; each term must be listed once",
-            R.TERM,
-        )
+        self.unique("terms_csv", "label", "term {0} appears {1} times; each term must be listed once", R.TERM)
         t_order = self.typed("terms_csv", R.TERM, "term_order", "INTEGER", "label")
         s_order = self.typed("terms_csv", R.TERM, "term_set_order", "INTEGER", "label")
         c.execute(f"""create temp table terms as select label as term_label, name as term_name,
@@ -183,8 +187,9 @@ class MetadataBuilder:
             R.TERM,
         )
         n_cells = self.typed("cluster_csv", R.CLUSTER, "number_of_cells", "INTEGER", "label")
-        self.fail_if(
-            "select cluster_alias, count(*) from cluster_csv group by 1 having count(*) > 1 limit 1",
+        self.unique(
+            "cluster_csv",
+            "cluster_alias",
             "cluster_alias {0} appears {1} times; each cluster must be listed once",
             R.CLUSTER,
         )
@@ -244,8 +249,9 @@ class MetadataBuilder:
     def _cells(self) -> None:
         c = self.con
         built = ", ".join(_q(R.matrix_stem(s)) for s in self.species)
-        self.fail_if(
-            "select cell_label, count(*) from cm group by 1 having count(*) > 1 limit 1",
+        self.unique(
+            "cm",
+            "cell_label",
             "cell_label {0} appears {1} times; cell labels must be unique: download it again",
             R.CELL_METADATA,
         )
@@ -296,8 +302,9 @@ class MetadataBuilder:
             "cell {0} comes from a {1} donor but sits in the {2} matrix; download both again",
             R.CELL_METADATA,
         )
-        self.fail_if(
-            "select cell_label, count(*) from members_csv group by 1 having count(*) > 1 limit 1",
+        self.unique(
+            "members_csv",
+            "cell_label",
             "cell {0} has {1} cluster memberships; expected at most one",
             R.CELL_MEMBERSHIP,
         )
@@ -319,10 +326,8 @@ class MetadataBuilder:
             "cell {0} is assigned to a {1} cluster but sits in the {2} matrix",
             R.CELL_MEMBERSHIP,
         )
-        self.fail_if(
-            "select cell_label, count(*) from emb_csv group by 1 having count(*) > 1 limit 1",
-            "cell {0} has {1} embedding rows; expected at most one",
-            R.EMBEDDING,
+        self.unique(
+            "emb_csv", "cell_label", "cell {0} has {1} embedding rows; expected at most one", R.EMBEDDING
         )
         x = self.typed("emb_csv", R.EMBEDDING, "x", "DOUBLE", "cell_label")
         y = self.typed("emb_csv", R.EMBEDDING, "y", "DOUBLE", "cell_label")
