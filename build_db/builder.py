@@ -23,7 +23,7 @@ from . import release as R
 from .check import check_release
 from .errors import HmbaError, ReleaseError
 from .h5ad import CsrReader
-from .manifest import Layout, layout, read_manifest
+from .manifest import Layout, read_manifest
 from .progress import Reporter, run_pool, worker_pool
 from .transpose import (
     BUCKET_TARGET_NNZ,
@@ -111,7 +111,7 @@ def build(
         "species": list(species),
         "bucket_nnz": bucket_nnz,
         "bucket_genes": bucket_genes,
-        "sources": _fingerprints(release, species, entries, version),
+        "sources": _fingerprints(release, species, entries, lay),
         "state_version": STATE_VERSION,
     }
     state = _load_state(staging, params, rep)
@@ -123,7 +123,7 @@ def build(
                 release,
                 staging,
                 s,
-                version,
+                lay,
                 jobs,
                 (bucket_nnz, bucket_genes),
                 state,
@@ -180,13 +180,13 @@ def build(
     return result
 
 
-def _fingerprints(release: Path, species, entries, version) -> dict:
+def _fingerprints(release: Path, species, entries, lay: Layout) -> dict:
     """Source files the store derives from: manifest md5 and size, plus mtime to notice a replaced file."""
     out = {}
     by_path = {e.relative_path: e for e in entries}
     for s in species:
         for kind in R.MATRIX_KINDS:
-            rel = Layout(entries, version).matrix(s, kind)
+            rel = lay.matrix(s, kind)
             path = release / rel
             if path.exists():
                 e = by_path.get(rel)
@@ -241,9 +241,9 @@ def _sort_job(plan, k, staging, tags, out, q):
 
 
 def _build_species(
-    release, staging, species, version, jobs, plan_args, state, pool, q, rep, has_log2
+    release, staging, species, lay: Layout, jobs, plan_args, state, pool, q, rep, has_log2
 ) -> dict:
-    raw_path = release / layout(release, version).matrix(species, "raw")
+    raw_path = release / lay.matrix(species, "raw")
     with CsrReader(raw_path) as m:
         shape, nnz, indptr = m.shape, m.nnz, m.indptr()
         cell_labels = m.obs_names()
@@ -297,7 +297,7 @@ def _build_species(
     detected = np.concatenate([np.load(scatter_dir / f"detected.{t}.npy") for t in tags])
     log2 = {"checked": False}
     if has_log2:  # one more task beside the buckets: a worker does it while the others sort
-        todo["log2"] = (_log2_check, (release, species, version, totals))
+        todo["log2"] = (_log2_check, (raw_path, release / lay.matrix(species, "log2"), totals))
 
     def written(k, n):
         nonlocal log2
@@ -366,10 +366,8 @@ def _write_gene_buckets(staging: Path, species: str, gene_ids, symbols, plan: Bu
     )
 
 
-def _log2_check(release: Path, species: str, version: str, totals: np.ndarray) -> dict:
+def _log2_check(raw_path: Path, log2_path: Path, totals: np.ndarray) -> dict:
     """Derived log2(CPM+1) must equal the release's log2 file on a sample of cells, or the build fails."""
-    lay = layout(release, version)
-    raw_path, log2_path = release / lay.matrix(species, "raw"), release / lay.matrix(species, "log2")
     rng = np.random.default_rng(0)
     n = len(totals)
     rows = np.unique(rng.choice(n, size=min(n, LOG2_SAMPLE_CELLS), replace=False)) if n else np.array([], int)

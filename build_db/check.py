@@ -242,7 +242,7 @@ def _check_one_matrix(
                 f"the file is damaged: {REDOWNLOAD}",
             )
         )
-    last = int(m.indptr_ds[-1]) if n_obs >= 0 else 0
+    last = int(m.indptr_ds[-1])
     if last != m.nnz:
         out.append(
             Problem(

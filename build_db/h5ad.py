@@ -256,14 +256,14 @@ class CsrReader:
         return [k for k in self.f["var"].keys() if k != self.var_index_name]
 
     def rows(self, start: int, stop: int, indptr: np.ndarray | None = None) -> sp.csr_matrix:
-        ip = indptr if indptr is not None else self.indptr_ds[start : stop + 1].astype(np.int64)
-        lo, hi = (
-            int(ip[start] if indptr is not None else ip[0]),
-            int(ip[stop] if indptr is not None else ip[-1]),
-        )
-        local = (ip[start : stop + 1] if indptr is not None else ip) - lo
+        """Rows [start, stop) as CSR; pass the whole indptr (from indptr()) to avoid re-reading it."""
+        if indptr is None:
+            ip = self.indptr_ds[start : stop + 1].astype(np.int64)
+        else:
+            ip = indptr[start : stop + 1]
+        lo, hi = int(ip[0]), int(ip[-1])
         return sp.csr_matrix(
-            (self.data[lo:hi], self.indices[lo:hi], local), shape=(stop - start, self.shape[1])
+            (self.data[lo:hi], self.indices[lo:hi], ip - lo), shape=(stop - start, self.shape[1])
         )
 
     def close(self) -> None:
