@@ -96,7 +96,7 @@ def build(
         )
     has_log2 = {s: (release / lay.matrix(s, "log2")).exists() for s in species}
     parts = ("raw", "metadata", "taxonomy") + (("log2",) if all(has_log2.values()) else ())
-    rep.steps = 5 + 2 * len(species)
+    rep.steps = 6 + 2 * len(species)
     rep.step(f"check the release ({', '.join(species)})")
     report = check_release(release, species=species, parts=parts, version=version)
     if not report.ok:
@@ -117,6 +117,11 @@ def build(
     state = _load_state(staging, params, rep)
     result = BuildResult(store, resumed=bool(state.get("species")))
     t0 = time.monotonic()
+    from .catalog import write_catalog
+    from .metadata import MetadataBuilder
+    from .stats import build_stats
+    from .verify import verify_store
+
     with worker_pool(jobs) as (pool, q):
         for s in species:
             result.species[s] = _build_species(
@@ -132,9 +137,15 @@ def build(
                 rep,
                 has_log2[s],
             )
-    from .catalog import write_catalog
-    from .metadata import MetadataBuilder
-    from .verify import verify_store
+        rep.step("metadata tables: cells, genes, taxonomy, donors, libraries")
+        metadata_report = MetadataBuilder(release, staging, list(species), version).build()
+        for sp, counts in metadata_report["cells"].items():
+            rep.log(
+                f"  {sp}: {counts['cells']:,} cells, {counts['assigned']:,} with a cluster, "
+                f"{counts['unassigned']:,} without (left joins: their taxonomy columns are NULL)"
+            )
+        rep.step("statistics: per taxonomy term, region x Group and donor x Group, for every gene")
+        stats_report = build_stats(staging, result.species, pool, q, rep)
 
     info = {
         "tool": "hmba-db",
@@ -146,14 +157,8 @@ def build(
         "parameters": {"bucket_nnz": bucket_nnz, "bucket_genes": bucket_genes, "jobs": jobs},
         "species": result.species,
     }
-    rep.step("metadata tables: cells, genes, taxonomy, donors, libraries")
-    metadata_report = MetadataBuilder(release, staging, list(species), version).build()
-    for sp, counts in metadata_report["cells"].items():
-        rep.log(
-            f"  {sp}: {counts['cells']:,} cells, {counts['assigned']:,} with a cluster, "
-            f"{counts['unassigned']:,} without (left joins: their taxonomy columns are NULL)"
-        )
     info["metadata"] = metadata_report
+    info["statistics"] = stats_report
     save_json(staging / "build.json", info)
     rep.step("catalog.duckdb: tables, views, descriptions")
     write_catalog(

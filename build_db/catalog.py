@@ -22,7 +22,18 @@ from .errors import HmbaError
 CATALOG = "catalog.duckdb"
 STORAGE_VERSION = "v1.1.0"  # readable by DuckDB >= 1.1 (tested with 1.1.3), which BI drivers embed
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-VIEW_ORDER = ("expression_counts", "expression", "expression_annotated")  # dependencies first
+# Dependencies first; the *_sums views read Parquet files, the *_stats views read them.
+VIEW_ORDER = (
+    "expression_counts",
+    "expression",
+    "expression_annotated",
+    "term_gene_sums",
+    "region_group_gene_sums",
+    "donor_group_gene_sums",
+    "term_gene_stats",
+    "region_group_gene_stats",
+    "donor_group_gene_stats",
+)
 
 
 def _q(value: str | Path) -> str:
@@ -79,6 +90,7 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> Path:
         "create table cell_totals as select species, cell_index, total_counts from cells "
         "order by species, cell_index"
     )
+    _term_cell_counts(con)
     con.execute("create table store_info (key varchar, value varchar)")
     rows = {**info, "store_path": str(final)}
     con.executemany("insert into store_info values (?, ?)", list(rows.items()))
@@ -90,6 +102,21 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> Path:
     con.execute("detach catalog")
     con.close()
     return path
+
+
+def _term_cell_counts(con: duckdb.DuckDBPyConnection) -> None:
+    per_level = " union all ".join(
+        f"select species, '{lv}' as level, {i} as level_order, {p}_label as term_label, "
+        f"{p}_name as term_name, {p}_order as term_order, {p}_color as color, total_counts "
+        f"from cells where {p}_label is not null"
+        for i, (lv, p) in enumerate(S.LEVEL_PREFIX.items())
+    )
+    con.execute(
+        "create table term_cell_counts as "
+        "select species, level, level_order, term_label, term_name, term_order, color, "
+        "count(*)::bigint as n_cells, sum(total_counts)::bigint as sum_total_counts "
+        f"from ({per_level}) group by all order by species, level_order, term_order"
+    )
 
 
 def _comment(con: duckdb.DuckDBPyConnection) -> None:

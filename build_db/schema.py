@@ -390,6 +390,137 @@ EXPRESSION_ANNOTATED = Table(
     kind="view",
 )
 
+_SUM_COLUMNS = (
+    C("n_cells", "BIGINT", "Cells in the group (the same in every row of the group): divide sums by it"),
+    C(
+        "sum_total_counts",
+        "BIGINT",
+        "Sum of the group's cells' total counts: sum_raw / sum_total_counts x 1e6 is the pseudobulk CPM",
+    ),
+    C("n_expressing", "BIGINT", "Cells of the group with a non-zero count of the gene (always > 0)"),
+    C("sum_raw", "BIGINT", "Sum of the gene's raw counts over the group's cells"),
+    C("sum_log2_cpm", "DOUBLE", "Sum of log2(CPM + 1) over the group's cells (zeros add nothing)"),
+    C("sumsq_log2_cpm", "DOUBLE", "Sum of squares of log2(CPM + 1) over the group's cells"),
+    C("n_cpm_gt_1", "BIGINT", "Cells with CPM > 1 (MapMyCells' gt1 statistic)"),
+    C("n_cpm_ge_1", "BIGINT", "Cells with CPM >= 1 (MapMyCells' ge1 statistic)"),
+)
+_STATS_COLUMNS = (
+    C("n_cells", "BIGINT", "Cells in the group"),
+    C("n_expressing", "BIGINT", "Cells of the group with a non-zero count of the gene"),
+    C("fraction_expressing", "DOUBLE", "n_expressing / n_cells"),
+    C("mean_raw", "DOUBLE", "Mean raw count over the group's cells, zeros included"),
+    C("mean_log2_cpm", "DOUBLE", "Mean log2(CPM + 1) over the group's cells, zeros included"),
+    C(
+        "var_log2_cpm",
+        "DOUBLE",
+        "Sample variance (n - 1) of log2(CPM + 1) over the group's cells, zeros included; NULL for one cell",
+    ),
+    C("pseudobulk_cpm", "DOUBLE", "sum_raw / sum_total_counts x 1e6: the group's pooled counts per million"),
+    C("fraction_cpm_gt_1", "DOUBLE", "n_cpm_gt_1 / n_cells"),
+)
+_GENE_KEY = (
+    SPECIES_COL,
+    C("gene_bucket", "INTEGER", "Folder of the gene (genes.gene_bucket): naming it prunes the other folders"),
+    GENE_INDEX,
+)
+_STATS_NOTE = (
+    " Only (group, gene) pairs with at least one expressing cell have a row: a missing row means zero."
+)
+
+TERM_GENE_SUMS = Table(
+    "term_gene_sums",
+    "Additive statistics per species x taxonomy term (all five levels) x gene, precomputed by the build "
+    "over the cells with a cluster; a parent term's row is the sum of its children's." + _STATS_NOTE,
+    (
+        *_GENE_KEY,
+        C("level", "VARCHAR", "Taxonomy level of the term: Neighborhood, Class, Subclass, Group or Cluster"),
+        C("term_label", "VARCHAR", "Taxonomy term (taxonomy_terms.term_label)"),
+        *_SUM_COLUMNS,
+    ),
+    kind="view",
+)
+REGION_GROUP_GENE_SUMS = Table(
+    "region_group_gene_sums",
+    "Additive statistics per species x Group x dissected region x gene, precomputed by the build."
+    + _STATS_NOTE,
+    (
+        *_GENE_KEY,
+        C("group_label", "VARCHAR", "Taxonomy Group (taxonomy_terms.term_label)"),
+        C("region_of_interest_label", "VARCHAR", "Dissected region (cells.region_of_interest_label)"),
+        *_SUM_COLUMNS,
+    ),
+    kind="view",
+)
+DONOR_GROUP_GENE_SUMS = Table(
+    "donor_group_gene_sums",
+    "Additive statistics per species x Group x donor x gene, precomputed by the build: the pseudobulk "
+    "table." + _STATS_NOTE,
+    (
+        *_GENE_KEY,
+        C("group_label", "VARCHAR", "Taxonomy Group (taxonomy_terms.term_label)"),
+        C("donor_label", "VARCHAR", "Donor (donors.donor_label)"),
+        *_SUM_COLUMNS,
+    ),
+    kind="view",
+)
+TERM_GENE_STATS = Table(
+    "term_gene_stats",
+    "term_gene_sums as means, variances and fractions, with the gene symbol and term name." + _STATS_NOTE,
+    (
+        *_GENE_KEY,
+        C("gene_symbol", "VARCHAR", "Gene symbol"),
+        C("level", "VARCHAR", "Taxonomy level"),
+        C("term_label", "VARCHAR", "Taxonomy term label"),
+        C("term_name", "VARCHAR", "Taxonomy term name"),
+        C("term_order", "INTEGER", "Taxonomy order of the term within its level"),
+        *_STATS_COLUMNS,
+    ),
+    kind="view",
+)
+REGION_GROUP_GENE_STATS = Table(
+    "region_group_gene_stats",
+    "region_group_gene_sums as means, variances and fractions, with names." + _STATS_NOTE,
+    (
+        *_GENE_KEY,
+        C("gene_symbol", "VARCHAR", "Gene symbol"),
+        C("group_label", "VARCHAR", "Taxonomy Group label"),
+        C("group_name", "VARCHAR", "Taxonomy Group name"),
+        C("region_of_interest_label", "VARCHAR", "Dissected region"),
+        *_STATS_COLUMNS,
+    ),
+    kind="view",
+)
+DONOR_GROUP_GENE_STATS = Table(
+    "donor_group_gene_stats",
+    "donor_group_gene_sums as means, variances and fractions, with names: per-donor pseudobulk."
+    + _STATS_NOTE,
+    (
+        *_GENE_KEY,
+        C("gene_symbol", "VARCHAR", "Gene symbol"),
+        C("group_label", "VARCHAR", "Taxonomy Group label"),
+        C("group_name", "VARCHAR", "Taxonomy Group name"),
+        C("donor_label", "VARCHAR", "Donor"),
+        *_STATS_COLUMNS,
+    ),
+    kind="view",
+)
+TERM_CELL_COUNTS = Table(
+    "term_cell_counts",
+    "Cells per species x taxonomy term at every level (cells with a cluster): the full list of groups "
+    "that the statistics tables' rows are taken from, for filling in zeros.",
+    (
+        SPECIES_COL,
+        C("level", "VARCHAR", "Taxonomy level"),
+        C("level_order", "INTEGER", "0 (Neighborhood) to 4 (Cluster)"),
+        C("term_label", "VARCHAR", "Taxonomy term label"),
+        C("term_name", "VARCHAR", "Taxonomy term name"),
+        C("term_order", "INTEGER", "Taxonomy order of the term within its level"),
+        C("color", "VARCHAR", "The taxonomy's color for the term"),
+        C("n_cells", "BIGINT", "Cells of the species in the term"),
+        C("sum_total_counts", "BIGINT", "Sum of those cells' total counts"),
+    ),
+)
+
 TABLES = (
     CELLS,
     GENES,
@@ -402,11 +533,22 @@ TABLES = (
     ABBREVIATIONS,
     TERM_ABBREVIATIONS,
     CELL_TOTALS,
+    TERM_CELL_COUNTS,
     STORE_INFO,
 )
-# Tables the metadata stage writes as Parquet under tables/; the catalog adds cell_totals and store_info.
-PARQUET_TABLES = tuple(t for t in TABLES if t.name not in ("cell_totals", "store_info"))
-VIEWS = (EXPRESSION_COUNTS, EXPRESSION, EXPRESSION_ANNOTATED)
+# Tables the metadata stage writes as Parquet under tables/; the catalog adds the others.
+PARQUET_TABLES = tuple(t for t in TABLES if t.name not in ("cell_totals", "term_cell_counts", "store_info"))
+VIEWS = (
+    EXPRESSION_COUNTS,
+    EXPRESSION,
+    EXPRESSION_ANNOTATED,
+    TERM_GENE_SUMS,
+    REGION_GROUP_GENE_SUMS,
+    DONOR_GROUP_GENE_SUMS,
+    TERM_GENE_STATS,
+    REGION_GROUP_GENE_STATS,
+    DONOR_GROUP_GENE_STATS,
+)
 ALL = TABLES + VIEWS
 
 
