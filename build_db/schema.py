@@ -420,7 +420,7 @@ _STATS_COLUMNS = (
 )
 _GENE_KEY = (
     SPECIES_COL,
-    C("gene_bucket", "INTEGER", "Folder of the gene (genes.gene_bucket): naming it prunes the other folders"),
+    C("gene_bucket", "INTEGER", "Expression folder of the gene (genes.gene_bucket)"),
     GENE_INDEX,
 )
 _STATS_NOTE = (

@@ -39,11 +39,8 @@ KEYS = {
     "region_group_gene_sums": ("group_label", "region_of_interest_label"),
     "donor_group_gene_sums": ("group_label", "donor_label"),
 }
-ROW_GROUP = 122_880
-
-
-def table_dir(store: Path, table: str, species: str, bucket: int) -> Path:
-    return Path(store) / AGGREGATES / table / f"species={species}" / f"gene_bucket={bucket:04d}"
+# Small row groups: a gene has at most a few thousand rows, so a lookup decodes little beyond them.
+ROW_GROUP = 16_384
 
 
 @dataclass
@@ -161,8 +158,9 @@ def _accumulate(src: Path, lo: int, n_genes: int, codes: dict, sizes: dict, q) -
     return {name: a.reshape(len(FIELDS), n_genes, sizes[name]) for name, a in acc.items()}
 
 
-def _table(keys: dict[str, list], gene: np.ndarray, group: tuple, sums: np.ndarray) -> pa.Table:
+def _table(keys: dict[str, list], bucket: int, gene: np.ndarray, group: tuple, sums: np.ndarray) -> pa.Table:
     cols = {k: pa.array(v, pa.string()).dictionary_encode() for k, v in keys.items()}
+    cols["gene_bucket"] = pa.array(np.full(len(gene), bucket, dtype=np.int32))
     cols["gene_index"] = pa.array(gene.astype(np.int32))
     cols["n_cells"] = pa.array(np.rint(group[0]).astype(np.int64))
     cols["sum_total_counts"] = pa.array(np.rint(group[1]).astype(np.int64))
@@ -171,19 +169,20 @@ def _table(keys: dict[str, list], gene: np.ndarray, group: tuple, sums: np.ndarr
     return pa.table(cols)
 
 
-def _write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(
-        table, tmp, compression="zstd", row_group_size=ROW_GROUP, data_page_version="2.0", version="2.6"
-    )
-    tmp.replace(path)
+def _part(work: Path, table: str, species: str, level: str | None, bucket: int) -> Path:
+    return work / "parts" / table / species / (level or "all") / f"{bucket:04d}.parquet"
+
+
+def final_file(store: Path, table: str, species: str, level: str | None = None) -> Path:
+    """One file per species (and level): `aggregates/<table>/species=S[/level=L]/part-0.parquet`."""
+    d = Path(store) / AGGREGATES / table / f"species={species}"
+    return (d / f"level={level}" if level else d) / "part-0.parquet"
 
 
 def bucket_stats(
-    src: Path, bucket: int, lo: int, n_genes: int, groups: Groups, out: Path, q=None
+    src: Path, bucket: int, lo: int, n_genes: int, groups: Groups, work: Path, q=None
 ) -> dict[str, int]:
-    """Worker: the statistics of one bucket's genes, written as one file per table; returns row counts."""
+    """Worker: the statistics of one bucket's genes, one part file per table (and level); row counts."""
     codes = dict(np.load(groups.codes))
     sizes = {
         "term": len(groups.clusters),
@@ -191,57 +190,78 @@ def bucket_stats(
         "donor_group": len(groups.donor_groups),
     }
     dense = _accumulate(Path(src), lo, n_genes, codes, sizes, q)
-    written = {}
+    written = dict.fromkeys(KEYS, 0)
+    parts: list[tuple[str, str | None, pa.Table]] = []
 
     # Taxonomy levels: cluster sums rolled up through a 0/1 membership matrix (counts stay exact: they
-    # are integers far below 2^53 in doubles).
-    parts = []
+    # are integers far below 2^53 in doubles). Rows by gene, then taxonomy order (np.nonzero is row-major).
     for lv in R.LEVELS:
         terms, of = groups.level_terms[lv], groups.level_of_cluster[lv]
         member = np.zeros((len(groups.clusters), len(terms)))
         member[np.arange(len(of)), of] = 1.0
         sums = dense["term"] @ member  # fields x genes x terms
-        n_cells = groups.cells["term"] @ member
-        n_counts = groups.counts["term"] @ member
         gi, ti = np.nonzero(sums[0] > 0)
-        parts.append((lv, gi, ti, (n_cells[ti], n_counts[ti]), sums[:, gi, ti]))
-    gene = np.concatenate([p[1] for p in parts]) + lo
-    level = np.concatenate([np.full(len(p[1]), R.LEVELS.index(p[0])) for p in parts])
-    # Within a file: by gene, then level, then taxonomy order, so one gene's rows are contiguous.
-    order = np.lexsort((np.concatenate([p[2] for p in parts]), level, gene))
-    term_labels = np.concatenate(
-        [np.array(groups.level_terms[p[0]], dtype=object)[p[2]] for p in parts if len(p[2])]
-        or [np.array([], dtype=object)]
-    )
-    table = _table(
-        {
-            "level": list(np.array(R.LEVELS, dtype=object)[level][order]),
-            "term_label": list(term_labels[order]),
-        },
-        gene[order],
-        tuple(np.concatenate([p[3][j] for p in parts])[order] for j in (0, 1)),
-        np.concatenate([p[4] for p in parts], axis=1)[:, order],
-    )
-    _write(table, table_dir(out, "term_gene_sums", groups.species, bucket) / "part-0.parquet")
-    written["term_gene_sums"] = table.num_rows
-
+        table = _table(
+            {"level": [lv] * len(gi), "term_label": list(np.array(terms, dtype=object)[ti])},
+            bucket,
+            gi + lo,
+            ((groups.cells["term"] @ member)[ti], (groups.counts["term"] @ member)[ti]),
+            sums[:, gi, ti],
+        )
+        parts.append(("term_gene_sums", lv, table))
     for name, table_name, labels in (
         ("region_group", "region_group_gene_sums", groups.region_groups),
         ("donor_group", "donor_group_gene_sums", groups.donor_groups),
     ):
         sums = dense[name]
-        gi, pi = np.nonzero(sums[0] > 0)  # row-major: sorted by gene, then group
+        gi, pi = np.nonzero(sums[0] > 0)
         key_a, key_b = KEYS[table_name]
         pairs = np.array(labels, dtype=object).reshape(-1, 2)
         table = _table(
             {key_a: list(pairs[pi, 0]), key_b: list(pairs[pi, 1])},
+            bucket,
             gi + lo,
             (groups.cells[name][pi], groups.counts[name][pi]),
             sums[:, gi, pi],
         )
-        _write(table, table_dir(out, table_name, groups.species, bucket) / "part-0.parquet")
-        written[table_name] = table.num_rows
+        parts.append((table_name, None, table))
+    for table_name, lv, table in parts:
+        path = _part(Path(work), table_name, groups.species, lv, bucket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, compression="lz4")
+        written[table_name] += table.num_rows
     return written
+
+
+def _merge(parts: list[Path], out: Path) -> None:
+    """Concatenate the buckets' parts (gene ranges in order, so the result stays sorted by gene) into one
+    file, one part in memory at a time."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for path in parts:
+        table = pq.read_table(path)
+        table = table.cast(
+            pa.schema(
+                [
+                    pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
+                    if pa.types.is_dictionary(f.type)
+                    else f
+                    for f in table.schema
+                ]
+            )
+        )
+        if writer is None:
+            writer = pq.ParquetWriter(
+                out,
+                table.schema,
+                compression="zstd",
+                data_page_version="2.0",
+                version="2.6",
+                write_statistics=True,
+            )
+        writer.write_table(table, row_group_size=ROW_GROUP)
+    if writer is not None:
+        writer.close()
 
 
 def build_stats(staging: Path, species: dict[str, dict], pool, q, rep: Reporter) -> dict[str, dict[str, int]]:
@@ -255,6 +275,7 @@ def build_stats(staging: Path, species: dict[str, dict], pool, q, rep: Reporter)
     for s, info in species.items():
         groups = plan_groups(staging, s, work)
         per, n_genes = info["genes_per_bucket"], info["genes"]
+        buckets = range(info["buckets"])
         tasks = {
             k: (
                 bucket_stats,
@@ -264,11 +285,11 @@ def build_stats(staging: Path, species: dict[str, dict], pool, q, rep: Reporter)
                     k * per,
                     min(n_genes, (k + 1) * per) - k * per,
                     groups,
-                    staging,
+                    work,
                     q,
                 ),
             )
-            for k in range(info["buckets"])
+            for k in buckets
         }
         rows = dict.fromkeys(KEYS, 0)
 
@@ -278,6 +299,9 @@ def build_stats(staging: Path, species: dict[str, dict], pool, q, rep: Reporter)
 
         with rep.bar(info["nnz"], f"{s} statistics", unit="nz") as bar:
             run_pool(pool, q, tasks, bar, done)
+        for table in KEYS:
+            for lv in R.LEVELS if table == "term_gene_sums" else [None]:
+                _merge([_part(work, table, s, lv, k) for k in buckets], final_file(staging, table, s, lv))
         out[s] = rows
         rep.log(
             f"  {s}: {rows['term_gene_sums']:,} term x gene rows, "

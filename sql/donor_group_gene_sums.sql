@@ -1,7 +1,8 @@
--- donor_group_gene_sums: additive statistics per species x Group x donor x gene (pseudobulk), written by the build's statistics step.
+-- donor_group_gene_sums: additive statistics per species x Group x donor x gene (pseudobulk),
+-- written by the build's statistics step.
 -- Only groups with at least one cell expressing the gene have a row; every row carries the group's
--- n_cells, so means include the zeros. Files are partitioned like the expression store (species,
--- gene_bucket) and sorted by gene_index: filter on gene_bucket and gene_index to read one gene's rows.
+-- n_cells, so means include the zeros. One file per species (species=S/), sorted by gene_index:
+-- filter on species and gene_index to read only those genes' row groups.
 -- {store} is replaced by the store's absolute path when the catalog is written.
 create or replace view donor_group_gene_sums as
 select
@@ -18,7 +19,7 @@ select
     n_cpm_gt_1,
     n_cpm_ge_1
 from read_parquet(
-    '{store}/aggregates/donor_group_gene_sums/*/*/*.parquet',
+    '{store}/aggregates/donor_group_gene_sums/*/*.parquet',
     hive_partitioning = true,
-    hive_types = {'species': varchar, 'gene_bucket': integer}
+    hive_types = {'species': varchar}
 )

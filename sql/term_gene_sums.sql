@@ -1,7 +1,8 @@
--- term_gene_sums: additive statistics per species x taxonomy term (all five levels) x gene, written by the build's statistics step.
+-- term_gene_sums: additive statistics per species x taxonomy term (all five levels) x gene,
+-- written by the build's statistics step.
 -- Only groups with at least one cell expressing the gene have a row; every row carries the group's
--- n_cells, so means include the zeros. Files are partitioned like the expression store (species,
--- gene_bucket) and sorted by gene_index: filter on gene_bucket and gene_index to read one gene's rows.
+-- n_cells, so means include the zeros. One file per species and level (species=S/level=L/), sorted by
+-- gene_index: filter on species, level and gene_index to read one file's row groups of those genes.
 -- {store} is replaced by the store's absolute path when the catalog is written.
 create or replace view term_gene_sums as
 select
@@ -20,5 +21,5 @@ select
 from read_parquet(
     '{store}/aggregates/term_gene_sums/*/*/*.parquet',
     hive_partitioning = true,
-    hive_types = {'species': varchar, 'gene_bucket': integer}
+    hive_types = {'species': varchar, 'level': varchar}
 )

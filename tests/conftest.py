@@ -44,3 +44,12 @@ def restamp(release: Path, relative_path: str) -> None:
                         f["size"] = path.stat().st_size
                         f["file_hash"] = md5_file(path)
     mpath.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_release, tmp_path_factory) -> Path:
+    """The tiny release built into a store with several gene buckets per species. Read-only."""
+    from build_db import build
+
+    out = tmp_path_factory.mktemp("tinystore") / "store"
+    return build(tiny_release, out, bucket_nnz=20_000, quiet=True).store
