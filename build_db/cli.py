@@ -421,6 +421,105 @@ def relocate(store):
     click.echo(f"views now read {new}" + (f" (were {old})" if old and old != new else ""))
 
 
+@main.command()
+@click.argument("name", required=False)
+def queries(name):
+    """List the named analyses (queries/*.sql) with their parameters; with NAME, show one and its SQL.
+
+    Example:
+
+        hmba-db queries markers
+    """
+    from .queries import PARAM_TYPES, get_query, list_queries
+
+    if name:
+        q = get_query(name)
+        click.echo(f"{q.name}: {q.title}\n\n{q.description}\n")
+        for p in q.params:
+            default = f" (default {p.default})" if p.default is not None else " (required)"
+            click.echo(f"  --param {p.name}=...  {p.description}; {PARAM_TYPES[p.type]}{default}")
+        if q.plot:
+            click.echo(
+                f"\n--plot draws a {q.plot.kind}: {' '.join(f'{k}={v}' for k, v in q.plot.options.items())}"
+            )
+        click.echo(f"\n{q.path}:\n\n{q.sql}")
+        return
+    for q in list_queries().values():
+        click.echo(f"{q.name:<26} {q.title}")
+        click.echo(f"{'':<26} {q.usage()}")
+
+
+def _params(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{v!r}: write NAME=VALUE, e.g. genes=DRD1,DRD2", param_hint="--param")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("name")
+@click.option(
+    "--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A parameter; repeat for more."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format (results to stdout, messages to stderr).",
+)
+@click.option(
+    "--plot", type=click.Path(path_type=Path), help="Also draw the analysis's picture to this file."
+)
+@click.option("--show-sql", is_flag=True, help="Print the SQL with parameters filled in, and do not run it.")
+def query(store, name, params, fmt, plot, show_sql):
+    """Run the named analysis NAME on STORE (`hmba-db queries` lists them and their parameters).
+
+    Gene symbols are checked and resolved to their (species, gene_index, gene_bucket) first, so the query
+    reads only those genes' files and row groups; an unknown symbol lists the closest known ones.
+
+    Example:
+
+        hmba-db query data/demo-store markers --param term=Astrocyte --param level=Subclass --plot m.png
+    """
+    import time
+
+    from .catalog import connect
+    from .queries import get_query, render
+
+    q = get_query(name)
+    con = connect(store)
+    rendered = render(con, q, _params(params))
+    for note in rendered.notes:
+        click.echo(f"note: {note}", err=True)
+    if show_sql:
+        click.echo(rendered.sql)
+        return
+    t0 = time.perf_counter()
+    try:
+        df = con.execute(rendered.sql).df()
+    except Exception as e:  # a DuckDB error: one line, no traceback
+        raise click.ClickException(f"query {name} failed: {' '.join(str(e).split())}") from e
+    took = time.perf_counter() - t0
+    _emit(df, fmt)
+    click.echo(f"({len(df):,} rows in {took * 1000:.0f} ms)", err=True)
+    if plot:
+        if q.plot is None:
+            raise click.ClickException(f"query {name} has no picture (no '-- plot:' line)")
+        from .plots import draw
+
+        shown = {k: v for k, v in rendered.values.items() if k not in ("gene_indexes", "gene_buckets")}
+        title = f"{q.title}\n" + ", ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items()
+        )
+        click.echo(f"plot written to {draw(df, q.plot, title, plot)}", err=True)
+
+
 @main.command("connect-info")
 @click.argument("store", type=click.Path(path_type=Path))
 def connect_info(store):

@@ -1,0 +1,52 @@
+-- name: dotplot
+-- title: Dotplot of a gene set per taxonomy term (mean scaled per gene, fraction expressing)
+-- description: For one species and level: each gene's mean log2(CPM+1) per term scaled to the gene's
+-- highest term (0 to 1, so genes of different levels compare), and the fraction of the term's cells
+-- expressing it, from the precomputed statistics. Terms with fewer than min_cells cells are left out.
+-- param species species = Human: Species
+-- param genes genes = DRD1,DRD2,PPP1R1B,PENK,TAC1,SST,PVALB,CHAT,TH,SLC6A3: Gene symbols
+-- param level level = Subclass: Taxonomy level
+-- param min_cells int = 10: Smallest term shown
+-- plot: dotplot x=gene_symbol y=term_name color=scaled_mean size=fraction_expressing
+-- example: genes=DRD1,DRD2,PLP1,AQP4 level=Class
+with terms as (
+    select species, term_label, term_name, term_order, n_cells
+    from term_cell_counts
+    where species = $species and level = $level and n_cells >= $min_cells
+),
+
+stats as (
+    select species, gene_index, term_label, mean_log2_cpm, fraction_expressing
+    from term_gene_stats
+    where species = $species and level = $level and gene_index in $gene_indexes
+),
+
+joined as (
+    select
+        terms.term_name,
+        terms.term_order,
+        genes.gene_symbol,
+        genes.gene_order,
+        coalesce(stats.mean_log2_cpm, 0) as mean_log2_cpm,
+        coalesce(stats.fraction_expressing, 0) as fraction_expressing,
+        terms.n_cells
+    from terms
+    join selected_genes as genes
+        on genes.species = terms.species
+    left join stats
+        on stats.species = genes.species
+        and stats.gene_index = genes.gene_index
+        and stats.term_label = terms.term_label
+),
+
+final as (
+    select
+        *,
+        coalesce(mean_log2_cpm / nullif(max(mean_log2_cpm) over (partition by gene_symbol), 0), 0)
+            as scaled_mean
+    from joined
+)
+
+select term_name, gene_symbol, scaled_mean, mean_log2_cpm, fraction_expressing, n_cells
+from final
+order by term_order, gene_order
