@@ -6,6 +6,8 @@ from .builder import BuildResult, build  # noqa: E402
 from .catalog import connect, relocate  # noqa: E402
 from .check import CheckReport, Problem, check_release  # noqa: E402
 from .errors import HmbaError, ReleaseError  # noqa: E402
+from .export import to_anndata  # noqa: E402
+from .queries import list_queries, run_query  # noqa: E402
 from .synth import synth  # noqa: E402
 from .verify import verify_store  # noqa: E402
 
@@ -18,7 +20,10 @@ __all__ = [
     "build",
     "check_release",
     "connect",
+    "list_queries",
     "relocate",
+    "run_query",
     "synth",
+    "to_anndata",
     "verify_store",
 ]

@@ -145,3 +145,79 @@ def mean_expression(
     out["n_cells"] = cells.sizes
     out.attrs["genes"] = genes
     return out
+
+
+# --- the named analyses (queries/*.sql) as functions; None means the query's own default ---
+
+
+def _run(con, name: str, **params) -> pd.DataFrame:
+    from .queries import run_query
+
+    return run_query(con, name, **{k: v for k, v in params.items() if v is not None})
+
+
+def gene_set_by_level(con, genes=None, level=None, species=None) -> pd.DataFrame:
+    """Mean log2(CPM+1) and fraction expressing of genes per term of a level (queries/gene_set_by_level.sql).
+
+    Example:
+        >>> gene_set_by_level(connect("data/demo-store"), ["DRD1", "DRD2"], "Subclass")  # doctest: +SKIP
+    """
+    return _run(con, "gene_set_by_level", genes=genes, level=level, species=species)
+
+
+def dotplot(con, genes=None, level=None, species=None, min_cells=None) -> pd.DataFrame:
+    """Per-gene scaled mean and fraction expressing per term, for a dotplot (queries/dotplot.sql)."""
+    return _run(con, "dotplot", genes=genes, level=level, species=species, min_cells=min_cells)
+
+
+def markers(
+    con,
+    term=None,
+    level=None,
+    species=None,
+    n=None,
+    min_fraction=None,
+    max_rest_fraction=None,
+    min_log2fc=None,
+) -> pd.DataFrame:
+    """Top marker genes of a term against the rest of its level, ranked by Welch's t (queries/markers.sql).
+
+    Example:
+        >>> markers(connect("data/demo-store"), "Astrocyte", "Subclass", n=10)  # doctest: +SKIP
+    """
+    return _run(
+        con,
+        "markers",
+        term=term,
+        level=level,
+        species=species,
+        n=n,
+        min_fraction=min_fraction,
+        max_rest_fraction=max_rest_fraction,
+        min_log2fc=min_log2fc,
+    )
+
+
+def gene_by_region(con, gene=None, species=None, min_cells=None) -> pd.DataFrame:
+    """One gene per dissected region and Group (queries/gene_by_region.sql)."""
+    return _run(con, "gene_by_region", gene=gene, species=species, min_cells=min_cells)
+
+
+def donor_pseudobulk(con, genes=None, species=None, min_cells=None) -> pd.DataFrame:
+    """Per-donor pseudobulk CPM of genes per Group (queries/donor_pseudobulk.sql)."""
+    return _run(con, "donor_pseudobulk", genes=genes, species=species, min_cells=min_cells)
+
+
+def cells_per_level(con, level=None, species=None) -> pd.DataFrame:
+    """Cells per term of a level, per species (queries/cells_per_level.sql)."""
+    return _run(con, "cells_per_level", level=level, species=species)
+
+
+def umap_by_gene(con, gene=None, species=None, max_cells=None) -> pd.DataFrame:
+    """UMAP coordinates with one gene's log2(CPM+1) per cell (queries/umap_by_gene.sql)."""
+    return _run(con, "umap_by_gene", gene=gene, species=species, max_cells=max_cells)
+
+
+def gene_set_across_species(con, genes=None, level=None, species=None) -> pd.DataFrame:
+    """A gene set per term, side by side across species (queries/gene_set_across_species.sql)."""
+    return _run(con, "gene_set_across_species", genes=genes, level=level, species=species)
