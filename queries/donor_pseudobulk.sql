@@ -8,7 +8,7 @@
 -- param genes genes = DRD1,DRD2: Gene symbols
 -- param min_cells int = 20: Smallest donor x Group pool
 -- plot: heatmap x=donor_label y=group_name value=log2_pseudobulk_cpm facet=gene_symbol
--- example: genes=DRD1 min_cells=100
+-- example: genes=PLP1 min_cells=25
 with pools as (
     select
         species,

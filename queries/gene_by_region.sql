@@ -8,7 +8,7 @@
 -- param gene gene = DRD1: Gene symbol
 -- param min_cells int = 10: Smallest Group x region shown
 -- plot: heatmap x=region_of_interest_label y=group_name value=mean_log2_cpm
--- example: gene=DRD1 min_cells=40
+-- example: gene=PLP1 min_cells=15
 with pairs as (
     select
         species,

@@ -1,0 +1,96 @@
+"""to_anndata: selections of the store come back exactly as the source matrix has them."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from build_db import connect, to_anndata
+from build_db import export
+from build_db import release as R
+from build_db.errors import HmbaError
+
+
+@pytest.fixture(scope="module")
+def con(tiny_store):
+    c = connect(tiny_store)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def source(tiny_release):
+    return {s: ad.read_h5ad(tiny_release / R.matrix_path(s, "raw")) for s in R.SPECIES}
+
+
+@pytest.mark.parametrize("species", R.SPECIES)
+def test_a_whole_species_round_trips_exactly(con, source, species):
+    a = to_anndata(con, species)
+    src = source[species]
+    assert a.shape == src.shape
+    assert list(a.obs_names) == list(src.obs_names)
+    assert list(a.var_names) == list(src.var_names)
+    assert a.X.format == "csr" and a.X.has_sorted_indices
+    assert a.X.nnz == src.X.nnz and (a.X != src.X).nnz == 0
+    assert a.X.sum() == pytest.approx(float(src.X.sum(dtype=np.float64)))
+
+
+def test_a_selection_by_condition_and_genes(con, source, tiny_store):
+    cells = "group_name in ('Astrocyte', 'Oligo OPALIN') and donor_sex = 'Female'"
+    a = to_anndata(tiny_store, "Human", ["PLP1", "DRD1", "AQP4"], cells)
+    want = con.execute(
+        f"select cell_label, cell_index from cells where species = 'Human' and {cells} order by cell_index"
+    ).df()
+    assert list(a.obs_names) == list(want.cell_label) and len(want) > 10
+    src = source["Human"]
+    cols = [int(np.flatnonzero(src.var.gene_symbol == g)[0]) for g in ["PLP1", "DRD1", "AQP4"]]
+    expected = src.X[want.cell_index.to_numpy()][:, cols]
+    assert (a.X != expected).nnz == 0 and a.X.nnz > 0
+    assert list(a.var.gene_symbol) == ["PLP1", "DRD1", "AQP4"]
+    assert list(a.var.columns) == [
+        "species",
+        "gene_index",
+        "gene_symbol",
+        "gene_bucket",
+        "name",
+        "mapped_ncbi_identifier",
+        "biotype",
+    ]
+    assert set(a.obs.group_name) == {"Astrocyte", "Oligo OPALIN"} and set(a.obs.donor_sex) == {"Female"}
+    assert (
+        a.obs.total_counts.to_numpy().tolist()
+        == np.asarray(src.X[want.cell_index.to_numpy()].sum(axis=1)).ravel().astype(int).tolist()
+    )
+
+
+def test_a_selection_by_labels_in_small_batches(con, source, monkeypatch):
+    monkeypatch.setattr(export, "BATCH_ROWS", 500)
+    src = source["Macaque"]
+    labels = list(src.obs_names[::7])
+    a = to_anndata(con, "Macaque", cells=labels)
+    assert list(a.obs_names) == labels
+    assert (a.X != src.X[::7]).nnz == 0
+
+
+def test_the_result_writes_and_reads_as_h5ad(con, tmp_path):
+    a = to_anndata(con, "Marmoset", ["PLP1", "MBP"], "class_name = 'OPC-Oligo'")
+    a.write_h5ad(tmp_path / "x.h5ad")
+    b = ad.read_h5ad(tmp_path / "x.h5ad")
+    assert (b.X != a.X).nnz == 0 and list(b.obs_names) == list(a.obs_names)
+    assert b.uns["hmba_db"]["cells"] == "class_name = 'OPC-Oligo'"
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"cells": "no_such_column = 1"}, r"not a valid condition on the cells table"),
+        ({"cells": "group_name = 'Nothing'"}, r"no Human cell matches"),
+        ({"cells": ["AAAA-1", "BBBB-2"]}, r"2 cell label\(s\) not in Human, e.g. AAAA-1"),
+        ({"genes": ["DRD1", "DRD1"]}, r"DRD1 is given twice"),
+        ({"genes": ["DRDX1"]}, r"no gene with symbol or identifier DRDX1 \(closest"),
+    ],
+)
+def test_bad_selections_are_clear_errors(con, kwargs, message):
+    with pytest.raises(HmbaError, match=message):
+        to_anndata(con, "Human", **kwargs)

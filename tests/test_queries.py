@@ -1,0 +1,281 @@
+"""Named analyses: headers, parameters, literal resolution, results against independent computations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlglot
+from click.testing import CliRunner
+
+from build_db import analyses, connect, list_queries, run_query
+from build_db import release as R
+from build_db.cli import main
+from build_db.errors import HmbaError
+from build_db.plots import draw
+from build_db.queries import QUERIES_DIR, get_query, parse_query_file, render
+from build_db.synth.model import species_model
+from build_db.synth.taxonomy import MARKERS, build_taxonomy
+
+REQUIRED = {
+    "gene_set_by_level",
+    "dotplot",
+    "markers",
+    "gene_by_region",
+    "donor_pseudobulk",
+    "cells_per_level",
+    "umap_by_gene",
+    "gene_set_across_species",
+}
+FILES = sorted(QUERIES_DIR.glob("*.sql"))
+
+
+@pytest.fixture(scope="module")
+def con(tiny_store):
+    c = connect(tiny_store)
+    yield c
+    c.close()
+
+
+def test_the_library_has_the_analyses_the_issue_asks_for():
+    assert REQUIRED <= set(list_queries())
+    assert len(FILES) >= 8
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_every_query_file_has_a_header_and_parses(path):
+    q = parse_query_file(path)
+    assert q.name == path.stem and q.title and len(q.description) > 40
+    assert q.params and all(p.description for p in q.params)
+    assert q.plot is not None
+    tree = sqlglot.parse_one(q.sql, read="duckdb")
+    assert isinstance(tree, sqlglot.exp.Query)
+    assert q.example, "a README example (-- example: k=v ...)"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_every_query_runs_with_defaults_and_example_and_plots(con, path, tmp_path):
+    q = parse_query_file(path)
+    defaults = run_query(con, q.name)
+    assert list(defaults.columns) and "$" not in defaults.attrs["sql"]
+    df = run_query(con, q.name, **q.example)
+    assert len(df) > 0, f"{q.name} example returns no rows on the tiny store"
+    out = draw(df, q.plot, q.title, tmp_path / f"{q.name}.png")
+    assert out.stat().st_size > 10_000
+
+
+def test_genes_are_resolved_to_literals_before_execution(con):
+    q = get_query("gene_set_from_expression")
+    r = render(con, q, {"genes": "DRD1,PLP1", "species": "Human,Macaque"})
+    genes = con.execute(
+        "select gene_index, gene_bucket from genes where species in ('Human', 'Macaque') "
+        "and gene_symbol in ('DRD1', 'PLP1')"
+    ).fetchall()
+    sql = " ".join(r.sql.split())
+    assert "$" not in sql
+    indexes = ", ".join(str(i) for i in sorted({g[0] for g in genes}))
+    buckets = ", ".join(str(b) for b in sorted({g[1] for g in genes}))
+    assert f"gene_index IN ({indexes})" in sql
+    assert f"gene_bucket IN ({buckets})" in sql
+    assert "species IN ('Human', 'Macaque')" in sql
+    # the selected genes are a literal VALUES list, one row per species and gene
+    assert len(re.findall(r"\('(Human|Macaque)', \d+, '(DRD1|PLP1)'", sql)) == 4
+
+
+def test_statistics_and_expression_store_give_the_same_heatmap(con):
+    genes = "DRD1,DRD2,PLP1,AQP4,GFAP"
+    for level in ("Class", "Group"):
+        a = run_query(con, "gene_set_across_species", genes=genes, level=level)
+        b = run_query(con, "gene_set_from_expression", genes=genes, level=level)
+        assert len(a) == len(b) > 0
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+def test_gene_set_by_level_equals_mean_expression(con):
+    table = analyses.mean_expression(con, "Human", ["DRD1", "PLP1"], "Subclass")
+    df = analyses.gene_set_by_level(con, ["DRD1", "PLP1"], "Subclass", "Human")
+    wide = df.pivot(index="term_name", columns="gene_symbol", values="mean_log2_cpm")
+    np.testing.assert_allclose(wide.loc[table.index, ["DRD1", "PLP1"]], table[["DRD1", "PLP1"]], rtol=1e-9)
+    assert list(dict.fromkeys(df.term_name)) == list(table.index)  # taxonomy order
+
+
+@pytest.mark.parametrize("species", R.SPECIES)
+def test_markers_recover_the_planted_markers(con, species):
+    tax = build_taxonomy(7)  # the tiny release's seed and gene count (conftest)
+    model = species_model(species, 400, tax, 7)
+    symbols = model.genes.gene_symbol.to_numpy()
+    biggest = con.execute(
+        "select term_name, term_label from term_cell_counts where species = ? and level = 'Group' "
+        "order by n_cells desc limit 3",
+        [species],
+    ).fetchall()
+    for name, label in biggest:
+        gi, group = next((i, g) for i, g in enumerate(tax.groups) if g.term.label == label)
+        planted = set(symbols[model.group_markers[gi]])
+        planted |= {s for s, (programs, _) in MARKERS.items() if set(programs) & set(group.programs)}
+        top = analyses.markers(con, name, "Group", species, n=10, min_fraction=0.1)
+        assert len(top) == 10
+        hits = sum(s in planted for s in top.gene_symbol)
+        assert hits >= 8, (species, name, list(top.gene_symbol))
+        assert (top.log2_fold_change >= 1).all() and (top.fraction_in >= 0.1).all()
+        assert top.t_statistic.is_monotonic_decreasing
+
+
+def test_marker_statistics_equal_a_direct_welch_t(con):
+    top = analyses.markers(con, "Astrocyte", "Subclass", "Human", n=3, min_fraction=0.1)
+    cells = con.execute(
+        "select cell_index, subclass_name from cells where species = 'Human' and subclass_name is not null"
+    ).df()
+    for row in top.itertuples():
+        values = con.execute(
+            "select e.cell_index, e.log2_cpm from expression e join genes g using (species, gene_index) "
+            "where e.species = 'Human' and g.gene_identifier = ?",
+            [row.gene_identifier],
+        ).df()
+        x = cells.merge(values, on="cell_index", how="left").fillna({"log2_cpm": 0.0})
+        a = x[x.subclass_name == "Astrocyte"].log2_cpm.to_numpy()
+        b = x[x.subclass_name != "Astrocyte"].log2_cpm.to_numpy()
+        t = (a.mean() - b.mean()) / np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        assert row.t_statistic == pytest.approx(t, rel=1e-9)
+        assert row.log2_fold_change == pytest.approx(a.mean() - b.mean(), rel=1e-9)
+        assert row.fraction_rest == pytest.approx((b > 0).mean())
+
+
+def test_donor_pseudobulk_equals_pooled_counts(con):
+    df = analyses.donor_pseudobulk(con, ["PLP1"], "Human", min_cells=5)
+    assert len(df) > 0
+    row = df.iloc[0]
+    pooled = con.execute(
+        "select sum(coalesce(e.raw_count, 0)) / sum(c.total_counts) * 1e6 from cells c "
+        "left join (select cell_index, raw_count from expression e join genes g using (species, gene_index) "
+        "  where e.species = 'Human' and g.gene_symbol = 'PLP1') e using (cell_index) "
+        "where c.species = 'Human' and c.group_name = ? and c.donor_label = ?",
+        [row.group_name, row.donor_label],
+    ).fetchall()[0][0]
+    assert row.pseudobulk_cpm == pytest.approx(pooled, rel=1e-9)
+
+
+def test_cells_per_level_adds_up_to_the_assigned_cells(con):
+    df = analyses.cells_per_level(con, "Neighborhood")
+    assigned = dict(con.execute("select species, count(cluster_label) from cells group by 1").fetchall())
+    assert df.groupby("species").n_cells.sum().to_dict() == assigned
+    np.testing.assert_allclose(df.groupby("species").share_of_species.sum(), 1.0)
+
+
+def test_umap_by_gene_gives_every_cell_its_value(con):
+    df = analyses.umap_by_gene(con, "PLP1", "Marmoset")
+    n = con.execute("select count(*) from cells where species = 'Marmoset' and x is not null").fetchall()[0][
+        0
+    ]
+    assert len(df) == n
+    assert (df.log2_cpm > 0).sum() == con.execute(
+        "select count(*) from expression e join genes g using (species, gene_index) join cells c "
+        "using (species, cell_index) where e.species = 'Marmoset' and g.gene_symbol = 'PLP1' and c.x is not null"
+    ).fetchall()[0][0]
+    assert len(analyses.umap_by_gene(con, "PLP1", "Marmoset", max_cells=7)) == 7
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"genes": "DRD1,DRDD2"}, r"no gene with symbol or identifier DRDD2 \(closest: DRD2"),
+        ({"level": "Grop"}, r"--param level=Grop: unknown taxonomy level; choose from Neighborhood"),
+        ({"species": "Mouse"}, r"--param species=Mouse: unknown species"),
+        ({"colour": "red"}, r"has no parameter colour; it takes: species, genes, level"),
+    ],
+)
+def test_bad_parameters_are_one_line_errors(con, params, message):
+    with pytest.raises(HmbaError, match=message):
+        run_query(con, "gene_set_by_level", **params)
+
+
+def test_more_parameter_errors(con):
+    with pytest.raises(HmbaError, match=r"--param n=many: expected an integer"):
+        run_query(con, "markers", n="many")
+    with pytest.raises(HmbaError, match=r"no taxonomy term at level Subclass .*\(closest: Astrocyte"):
+        run_query(con, "markers", level="Subclass", term="Astrocite")
+    with pytest.raises(HmbaError, match=r"give exactly one gene"):
+        run_query(con, "umap_by_gene", gene="DRD1,DRD2")
+    with pytest.raises(HmbaError, match=r"no query named 'marker'; did you mean markers"):
+        run_query(con, "marker")
+
+
+def test_a_symbol_naming_several_genes_says_so_and_identifiers_choose(con):
+    df = run_query(con, "gene_set_by_level", genes="MATR3", level="Class")
+    (note,) = df.attrs["notes"]
+    m = re.match(r"Human: MATR3 names 2 genes \((ENSG\d+), (ENSG\d+)\); using (ENSG\d+)", note)
+    assert m and m[3] == m[1]
+    second = m[2]
+    by_id = run_query(con, "gene_set_by_level", genes=second, level="Class")
+    assert by_id.gene_symbol.unique().tolist() == ["MATR3"] and not by_id.attrs["notes"]
+    assert not np.allclose(by_id.mean_log2_cpm, df.mean_log2_cpm)
+
+
+def test_a_species_not_built_is_an_error(tiny_release, tmp_path):
+    from build_db import build
+
+    store = build(tiny_release, tmp_path / "s", species=("Marmoset",), quiet=True).store
+    with pytest.raises(HmbaError, match=r"Human is not in this store \(built: Marmoset\)"):
+        run_query(store, "gene_set_by_level")
+    assert set(run_query(store, "cells_per_level").species) == {"Marmoset"}
+
+
+def test_bad_query_files_are_reported(tmp_path):
+    bad = tmp_path / "x.sql"
+    bad.write_text("-- name: x\n-- title: t\n-- description: d\n-- param n int = 1: n\nselect $m")
+    with pytest.raises(HmbaError, match=r"x.sql: \$m not declared"):
+        parse_query_file(bad)
+    bad.write_text("-- name: y\n-- title: t\n-- description: d\nselect 1")
+    with pytest.raises(HmbaError, match=r"differs from the file name"):
+        parse_query_file(bad)
+    bad.write_text("-- name: x\n-- title: t\n-- description: d\n-- param n integer: n\nselect 1")
+    with pytest.raises(HmbaError, match=r"bad parameter line"):
+        parse_query_file(bad)
+    bad.write_text("-- name: x\n-- title: t\n-- description: d\nselect from where")
+    with pytest.raises(HmbaError, match=r"does not parse"):
+        parse_query_file(bad)
+
+
+def test_cli_lists_runs_formats_and_plots(tiny_store, tmp_path):
+    runner = CliRunner()
+    listed = runner.invoke(main, ["queries"])
+    assert listed.exit_code == 0
+    assert all(name in listed.output for name in REQUIRED)
+    shown = runner.invoke(main, ["queries", "markers"])
+    assert shown.exit_code == 0 and "--param term=" in shown.output and "with split as" not in shown.output
+    png = tmp_path / "m.png"
+    r = runner.invoke(
+        main,
+        [
+            "query",
+            str(tiny_store),
+            "markers",
+            "-p",
+            "level=Subclass",
+            "-p",
+            "term=Astrocyte",
+            "--format",
+            "csv",
+            "--plot",
+            str(png),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("gene_symbol,gene_identifier,mean_in") and len(lines) > 3
+    assert png.stat().st_size > 10_000
+    sql = runner.invoke(main, ["query", str(tiny_store), "umap_by_gene", "--show-sql"])
+    assert sql.exit_code == 0 and "gene_bucket IN (" in sql.stdout
+    bad = runner.invoke(main, ["query", str(tiny_store), "markers", "-p", "n"])
+    assert bad.exit_code != 0 and "write NAME=VALUE" in bad.output
+    bad = runner.invoke(main, ["query", str(tiny_store), "markers", "-p", "level=Grp"])
+    assert bad.exit_code == 1 and bad.output.count("\n") == 1 and "unknown taxonomy level" in bad.output
+
+
+def test_readme_shows_every_query_with_an_example():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for q in list_queries().values():
+        assert f"hmba-db query data/demo-store {q.name}" in readme, q.name
