@@ -141,6 +141,8 @@ def build_ladder(out: Path, scales: list[float]) -> list[dict]:
                 "peak_bytes": peak,
                 "store_bytes": size,
                 "floor_seconds": floor,
+                "stats_seconds": info["statistics"]["seconds"],
+                "stats_bytes": _du(store / "aggregates"),
             }
         )
         print(
@@ -157,15 +159,16 @@ def build_ladder(out: Path, scales: list[float]) -> list[dict]:
 def build_table(rows: list[dict]) -> str:
     lines = [
         "| scale | non-zeros | build time | non-zeros/s | plain read (1 thread) | build / read | peak memory "
-        "| store | bytes per non-zero |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| store | bytes per non-zero | of which statistics step | statistics files |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['label']} | {r['nnz'] / 1e6:,.0f} M | {r['seconds']:.1f} s "
             f"| {r['nnz'] / r['seconds'] / 1e6:.1f} M | {r['floor_seconds']:.1f} s "
             f"| {r['seconds'] / r['floor_seconds']:.2f}x | {r['peak_bytes'] / 2**30:.2f} GiB "
-            f"| {r['store_bytes'] / 2**20:,.0f} MiB | {r['store_bytes'] / r['nnz']:.3f} |"
+            f"| {r['store_bytes'] / 2**20:,.0f} MiB | {r['store_bytes'] / r['nnz']:.3f} "
+            f"| {r['stats_seconds']:.1f} s | {r['stats_bytes'] / 2**20:,.0f} MiB |"
         )
     return "\n".join(lines)
 
@@ -307,6 +310,49 @@ def query_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def analysis_ladder(out: Path, scales: list[float]) -> list[dict]:
+    """Warm latency of the named analyses (render + run, as `hmba-db query` does) and of to_anndata."""
+    from .catalog import connect
+    from .export import to_anndata
+    from .queries import run_query
+
+    rows = []
+    for scale in scales:
+        con = connect(out / f"store-{scale:g}")
+        row = {"scale": scale}
+        row["heatmap_stats_ms"], a = _median_ms(
+            lambda con=con: run_query(con, "gene_set_across_species", genes=NOTEBOOK_GENES)
+        )
+        row["heatmap_expression_ms"], b = _median_ms(
+            lambda con=con: run_query(con, "gene_set_from_expression", genes=NOTEBOOK_GENES)
+        )
+        row["heatmap_diff"] = float(np.abs(a.mean_log2_cpm - b.mean_log2_cpm).max())
+        row["markers_ms"], _ = _median_ms(lambda con=con: run_query(con, "markers"))
+        t0 = time.perf_counter()
+        adata = to_anndata(con, "Human", cells="cell_index < 10000")
+        row["anndata_s"] = time.perf_counter() - t0
+        row["anndata_shape"], row["anndata_nnz"] = adata.shape, adata.X.nnz
+        rows.append(row)
+        print(f"analyses {scale:g}: {row}", file=sys.stderr, flush=True)
+        con.close()
+    return rows
+
+
+def analysis_table(rows: list[dict]) -> str:
+    lines = [
+        "| scale | 7-gene heatmap x Group x 3 species, statistics | same, expression store "
+        "| largest difference | markers of a Group (all genes) | to_anndata of 10,000 Human cells |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scale']:g} | {r['heatmap_stats_ms']:.0f} ms | {r['heatmap_expression_ms']:.0f} ms "
+            f"| {r['heatmap_diff']:.1e} | {r['markers_ms']:.0f} ms | {r['anndata_s']:.1f} s "
+            f"({r['anndata_nnz'] / 1e6:.0f} M non-zeros) |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m build_db.bench", description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("data/bench"))
@@ -328,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_build:
         print("### build\n\n" + build_table(build_ladder(args.out, scales)) + "\n")
     soma_scales = [float(x) for x in args.soma_scales.split(",") if x]
-    print("### queries\n\n" + query_table(query_ladder(args.out, scales, soma_scales)))
+    print("### queries\n\n" + query_table(query_ladder(args.out, scales, soma_scales)) + "\n")
+    print("### analyses\n\n" + analysis_table(analysis_ladder(args.out, scales)))
     return 0
 
 

@@ -145,7 +145,9 @@ def build(
                 f"{counts['unassigned']:,} without (left joins: their taxonomy columns are NULL)"
             )
         rep.step("statistics: per taxonomy term, region x Group and donor x Group, for every gene")
+        t_stats = time.monotonic()
         stats_report = build_stats(staging, result.species, pool, q, rep)
+        stats_seconds = time.monotonic() - t_stats
 
     info = {
         "tool": "hmba-db",
@@ -158,10 +160,10 @@ def build(
         "species": result.species,
     }
     info["metadata"] = metadata_report
-    info["statistics"] = stats_report
+    info["statistics"] = {"seconds": round(stats_seconds, 2), "rows": stats_report}
     save_json(staging / "build.json", info)
     rep.step("catalog.duckdb: tables, views, descriptions")
-    write_catalog(
+    bound = write_catalog(
         staging, store, {k: str(info[k]) for k in ("tool_version", "built_at", "release", "release_version")}
     )
     # Not overlapped with the two steps above: tried, no faster (both cores are busy verifying) and
@@ -176,6 +178,10 @@ def build(
     shutil.rmtree(staging / "_scatter", ignore_errors=True)
     (staging / "state.json").unlink(missing_ok=True)
     _publish(staging, store)
+    if not bound:
+        from .catalog import relocate
+
+        relocate(store)
     result.seconds = time.monotonic() - t0
     total = sum(v["nnz"] for v in result.species.values())
     rep.log(

@@ -66,8 +66,11 @@ def _bindable(final: Path, files_at: Path):
             link.unlink()
 
 
-def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> Path:
-    """Create `files_at/catalog.duckdb` from `files_at/tables/*.parquet`, views pointing at `final`."""
+def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
+    """Create `files_at/catalog.duckdb` from `files_at/tables/*.parquet`, views pointing at `final`.
+
+    Returns False when the views had to be bound to `files_at` instead: the caller relocates them once
+    the files are at `final`."""
     files_at, final = Path(files_at).absolute(), Path(final).absolute()
     path = files_at / CATALOG
     path.unlink(missing_ok=True)
@@ -92,16 +95,25 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> Path:
     )
     _term_cell_counts(con)
     con.execute("create table store_info (key varchar, value varchar)")
-    rows = {**info, "store_path": str(final)}
-    con.executemany("insert into store_info values (?, ?)", list(rows.items()))
-    with _bindable(final, files_at):
+    bound_to = final
+    try:
+        with _bindable(final, files_at):
+            for name in VIEW_ORDER:
+                con.execute(view_sql(name, final))
+    except duckdb.IOException:
+        # The store being replaced lacks files this version writes (built by an older hmba-db): bind to
+        # the staging directory and record that, so the builder relocates the views after publishing
+        # (and connect() shadows them meanwhile).
+        bound_to = files_at
         for name in VIEW_ORDER:
-            con.execute(view_sql(name, final))
+            con.execute(view_sql(name, files_at))
+    rows = {**info, "store_path": str(bound_to)}
+    con.executemany("insert into store_info values (?, ?)", list(rows.items()))
     _comment(con)
     con.execute("use memory")
     con.execute("detach catalog")
     con.close()
-    return path
+    return bound_to == final
 
 
 def _term_cell_counts(con: duckdb.DuckDBPyConnection) -> None:

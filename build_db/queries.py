@@ -162,19 +162,36 @@ def parse_query_file(path: Path) -> NamedQuery:
     return q
 
 
+_TREES: dict[str, exp.Expression] = {}
+
+
 def _parse(q: NamedQuery) -> exp.Expression:
+    """The query's syntax tree: a fresh copy of a cached parse (render edits it)."""
+    if q.sql in _TREES:
+        return _TREES[q.sql].copy()
     try:
         trees = sqlglot.parse(q.sql, read="duckdb")
     except sqlglot.errors.ParseError as e:
         raise HmbaError(f"{q.path}: the SQL does not parse: {' '.join(str(e).split())}", path=q.path) from e
     if len(trees) != 1 or not isinstance(trees[0], exp.Query):
         raise HmbaError(f"{q.path}: a query file holds exactly one SELECT", path=q.path)
-    return trees[0]
+    _TREES[q.sql] = trees[0]
+    return trees[0].copy()
+
+
+_PARSED: dict[tuple, NamedQuery] = {}
 
 
 def list_queries(directory: Path = QUERIES_DIR) -> dict[str, NamedQuery]:
-    """Every named query, by name, in file-name order."""
-    return {q.name: q for q in (parse_query_file(p) for p in sorted(Path(directory).glob("*.sql")))}
+    """Every named query, by name, in file-name order (parsed once per file version)."""
+    out = {}
+    for path in sorted(Path(directory).glob("*.sql")):
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in _PARSED:
+            _PARSED[key] = parse_query_file(path)
+        out[_PARSED[key].name] = _PARSED[key]
+    return out
 
 
 def get_query(name: str, directory: Path = QUERIES_DIR) -> NamedQuery:
@@ -243,13 +260,18 @@ def _genes(con, tokens: list[str], species: list[str], pname: str, notes: list[s
     rows, unknown = [], {t: [] for t in tokens}
     for s in species:
         table = _symbols(con, s)
-        ids = dict(
-            con.execute(
-                "select gene_identifier, gene_index || ',' || gene_bucket || ',' || "
-                "coalesce(gene_symbol, '') from genes "
-                "where species = ? and gene_identifier in (select unnest(?))",
-                [s, tokens],
-            ).fetchall()
+        not_symbols = [t for t in tokens if t not in table]
+        ids = (
+            {}
+            if not not_symbols
+            else dict(
+                con.execute(
+                    "select gene_identifier, gene_index || ',' || gene_bucket || ',' || "
+                    "coalesce(gene_symbol, '') from genes "
+                    "where species = ? and gene_identifier in (select unnest(?))",
+                    [s, not_symbols],
+                ).fetchall()
+            )
         )
         for order, t in enumerate(tokens):
             if t in table:

@@ -29,7 +29,8 @@ with pools as (
 stats as (
     select species, gene_index, group_label, donor_label, pseudobulk_cpm, fraction_expressing
     from donor_group_gene_stats
-    where species = $species and gene_index in $gene_indexes
+    where species = $species and gene_bucket in $gene_buckets
+        and gene_index in $gene_indexes
 ),
 
 final as (

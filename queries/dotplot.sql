@@ -16,9 +16,15 @@ with terms as (
 ),
 
 stats as (
-    select species, gene_index, term_label, mean_log2_cpm, fraction_expressing
-    from term_gene_stats
-    where species = $species and level = $level and gene_index in $gene_indexes
+    select
+        species,
+        gene_index,
+        term_label,
+        sum_log2_cpm / n_cells as mean_log2_cpm,
+        n_expressing / n_cells as fraction_expressing
+    from term_gene_sums
+    where species = $species and level = $level and gene_bucket in $gene_buckets
+        and gene_index in $gene_indexes
 ),
 
 joined as (

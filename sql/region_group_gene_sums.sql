@@ -1,8 +1,8 @@
 -- region_group_gene_sums: additive statistics per species x Group x dissected region x gene,
 -- written by the build's statistics step.
 -- Only groups with at least one cell expressing the gene have a row; every row carries the group's
--- n_cells, so means include the zeros. One file per species (species=S/), sorted by gene_index:
--- filter on species and gene_index to read only those genes' row groups.
+-- n_cells, so means include the zeros. One file per species (species=S/), sorted by gene_index: filter
+-- on species and gene_index to read only those genes' row groups.
 -- {store} is replaced by the store's absolute path when the catalog is written.
 create or replace view region_group_gene_sums as
 select

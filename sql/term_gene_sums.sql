@@ -2,7 +2,7 @@
 -- written by the build's statistics step.
 -- Only groups with at least one cell expressing the gene have a row; every row carries the group's
 -- n_cells, so means include the zeros. One file per species and level (species=S/level=L/), sorted by
--- gene_index: filter on species, level and gene_index to read one file's row groups of those genes.
+-- gene_index: filter on species, level and gene_index to read only those genes' row groups.
 -- {store} is replaced by the store's absolute path when the catalog is written.
 create or replace view term_gene_sums as
 select
