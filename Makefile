@@ -51,6 +51,8 @@ demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer
 	$(BIN)/hmba-db build $(DATA)/demo-release $(DATA)/demo-store
 	$(BIN)/hmba-db verify $(DATA)/demo-store
 	$(BIN)/python -m build_db.demo $(DATA)/demo-release $(DATA)/demo-store
+	$(BIN)/hmba-db query $(DATA)/demo-store markers --param level=Subclass --param "term=STR D1 MSN" \
+		--param n=10 --plot $(DATA)/demo-markers.png
 
 test: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
 	$(BIN)/pytest -q

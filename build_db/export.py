@@ -7,6 +7,7 @@ whatever the store's size.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -67,8 +68,6 @@ def _genes(con: duckdb.DuckDBPyConnection, species: str, genes) -> pd.DataFrame:
     notes: list[str] = []
     rows = resolve(con, [str(g) for g in genes], [species], "genes", notes)
     for note in notes:
-        import warnings
-
         warnings.warn(note, stacklevel=3)
     return table.set_index("gene_index").loc[[r[4] for r in rows]].reset_index()[table.columns]
 

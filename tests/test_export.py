@@ -6,8 +6,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from build_db import connect, to_anndata
-from build_db import export
+from build_db import connect, export, to_anndata
 from build_db import release as R
 from build_db.errors import HmbaError
 

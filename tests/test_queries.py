@@ -173,7 +173,8 @@ def test_umap_by_gene_gives_every_cell_its_value(con):
     assert len(df) == n
     assert (df.log2_cpm > 0).sum() == con.execute(
         "select count(*) from expression e join genes g using (species, gene_index) join cells c "
-        "using (species, cell_index) where e.species = 'Marmoset' and g.gene_symbol = 'PLP1' and c.x is not null"
+        "using (species, cell_index) "
+        "where e.species = 'Marmoset' and g.gene_symbol = 'PLP1' and c.x is not null"
     ).fetchall()[0][0]
     assert len(analyses.umap_by_gene(con, "PLP1", "Marmoset", max_cells=7)) == 7
 

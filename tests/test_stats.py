@@ -162,3 +162,22 @@ def test_log2_sums_agree_with_the_release_log2_file(tiny_release, con):
         members = (cells.subclass_label == term).to_numpy()
         want = np.asarray(log2[members].sum(axis=0, dtype=np.float64)).ravel()[part.gene_index]
         np.testing.assert_allclose(part.sum_log2_cpm, want, rtol=1e-5)
+
+
+def test_rebuilding_over_a_store_without_statistics_works(tiny_release, tmp_path):
+    """A store built by an older hmba-db has no aggregates/: the new catalog cannot bind its views to the
+    old store's files, so it binds to staging and the build relocates them after publishing."""
+    import shutil
+
+    from build_db import build
+
+    store = build(tiny_release, tmp_path / "s", species=("Marmoset",), quiet=True).store
+    shutil.rmtree(store / "aggregates")
+    build(tiny_release, store, species=("Marmoset",), quiet=True)
+    c = connect(store)
+    try:
+        recorded = c.execute("select value from store_info where key = 'store_path'").fetchall()
+        assert recorded == [(str(store),)]
+        assert c.execute("select count(*) from term_gene_stats").fetchall()[0][0] > 0
+    finally:
+        c.close()
