@@ -490,7 +490,7 @@ def query(store, name, params, fmt, plot, show_sql):
     import time
 
     from .catalog import connect
-    from .queries import get_query, render
+    from .queries import execute, get_query, render
 
     q = get_query(name)
     con = connect(store)
@@ -501,10 +501,7 @@ def query(store, name, params, fmt, plot, show_sql):
         click.echo(rendered.sql)
         return
     t0 = time.perf_counter()
-    try:
-        df = con.execute(rendered.sql).df()
-    except Exception as e:  # a DuckDB error: one line, no traceback
-        raise click.ClickException(f"query {name} failed: {' '.join(str(e).split())}") from e
+    df = execute(con, rendered)
     took = time.perf_counter() - t0
     _emit(df, fmt)
     click.echo(f"({len(df):,} rows in {took * 1000:.0f} ms)", err=True)

@@ -417,7 +417,12 @@ def run_query(store_or_con, name: str, **params) -> pd.DataFrame:
     from .catalog import connect
 
     con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
-    rendered = render(con, get_query(name), params)
+    return execute(con, render(con, get_query(name), params))
+
+
+def execute(con: duckdb.DuckDBPyConnection, rendered: Rendered) -> pd.DataFrame:
+    """Run a rendered query; a DuckDB error becomes a one-line HmbaError. attrs: name, SQL, notes."""
+    name = rendered.query.name
     try:
         df = con.execute(rendered.sql).df()
     except duckdb.Error as e:
