@@ -86,7 +86,7 @@ def build(
     rep = Reporter(quiet)
     _, entries = read_manifest(release, version)
     lay = Layout(entries, version)
-    listed = [s for s in R.SPECIES if any(e.species == s and e.part == "raw" for e in entries)]
+    listed = [s for s in R.SPECIES if any(e.species == s and e.part == "raw" for e in lay.entries)]
     if species is None:  # what was downloaded: a one-species download builds that species
         species = tuple(s for s in listed if (release / lay.matrix(s, "raw")).exists()) or tuple(listed)
     species = tuple(s for s in R.SPECIES if s in species)
@@ -103,6 +103,8 @@ def build(
         first = report.problems[0]
         more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
         raise ReleaseError(f"{first}{more}; run `hmba-db check {release}` for the full list", path=first.path)
+    for note in report.notes:
+        rep.log(f"  note: {note}")
 
     staging = staging_dir(store)
     params = {
@@ -144,6 +146,13 @@ def build(
                 f"  {sp}: {counts['cells']:,} cells, {counts['assigned']:,} with a cluster, "
                 f"{counts['unassigned']:,} without (left joins: their taxonomy columns are NULL)"
             )
+            if counts["not_in_cell_metadata"] or counts["cell_metadata_rows_without_matrix_cell"]:
+                rep.log(
+                    f"  {sp}: {counts['not_in_cell_metadata']:,} matrix cells are not in cell_metadata.csv "
+                    "(kept, in_cell_metadata = false, NULL metadata, no cluster); "
+                    f"{counts['cell_metadata_rows_without_matrix_cell']:,} cell_metadata rows have no "
+                    "matrix cell (left out)"
+                )
         rep.step("statistics: per taxonomy term, region x Group and donor x Group, for every gene")
         t_stats = time.monotonic()
         stats_report = build_stats(staging, result.species, pool, q, rep)

@@ -8,7 +8,7 @@ names the file and what to do.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,10 @@ class CheckReport:
     files: int
     problems: list[Problem]
     shapes: dict[str, tuple[int, int]]
+    notes: list[str] = field(default_factory=list)  # what is fine but worth knowing (ignored, optional)
+    # Per species: matrix cells that cell_metadata.csv leaves out, and its rows with no matrix cell.
+    cells_outside_metadata: dict[str, int] = field(default_factory=dict)
+    metadata_rows_without_cell: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +74,12 @@ def check_release(
         )
     mpath = R.manifest_path(version)
     lay = Layout(entries, version)
+    notes = []
+    if lay.ignored:
+        notes.append(
+            f"{mpath}: {sum(lay.ignored.values()):,} files of {len(lay.ignored)} other datasets of the "
+            f"bucket ignored (only {R.EXPRESSION_DIR} and {R.TAXONOMY_DIR} are read)"
+        )
     if data.get("version") != version:
         problems.append(
             Problem(
@@ -78,13 +88,13 @@ def check_release(
                 "pass --release with the version you downloaded",
             )
         )
-    listed_species = tuple(s for s in R.SPECIES if any(e.species == s for e in entries))
+    listed_species = tuple(s for s in R.SPECIES if any(e.species == s for e in lay.entries))
     if species is None:
         species = listed_species
-    wanted = _expected(species, parts, lay)
-    by_path = {e.relative_path: e for e in entries}
-    for e in entries:
-        problems += _entry_consistency(e, version, mpath)
+    wanted = _expected(species, parts, lay, notes)
+    by_path = {e.relative_path: e for e in lay.entries}
+    for e in lay.entries:
+        problems += _entry_consistency(e, mpath)
     for rel in wanted:
         if rel not in by_path:
             problems.append(
@@ -123,30 +133,43 @@ def check_release(
     for spec in R.csvs_for(species, parts):
         rel = lay.csv(spec)
         if rel in present:
-            header_problem = _check_header(release / rel, rel, spec)
+            header_problem = _check_header(release / rel, rel, spec, notes)
             csv_ok[spec.name] = header_problem is None
             if header_problem:
                 problems.append(header_problem)
-    shapes: dict[str, tuple[int, int]] = {}
-    problems += _check_matrices(release, species, parts, present, csv_ok, lay, shapes)
-    return CheckReport(release, tuple(species), tuple(parts), len(present), problems, shapes)
+    report = CheckReport(release, tuple(species), tuple(parts), len(present), problems, {}, notes)
+    problems += _check_matrices(release, species, parts, present, csv_ok, lay, report)
+    return report
 
 
-def _expected(species, parts, lay: Layout) -> list[str]:
-    rels = [lay.csv(spec) for spec in R.csvs_for(species, parts)]
+def _expected(species, parts, lay: Layout, notes: list[str]) -> list[str]:
+    rels = []
+    for spec in R.csvs_for(species, parts):
+        if spec.optional_file and not lay.listed(spec):
+            notes.append(
+                f"{spec.relative_path(lay.version)}: not in the manifest; optional, the store will have no "
+                "rows from it"
+            )
+            continue
+        if lay.csv(spec) not in rels:  # one gene.csv may serve every species
+            rels.append(lay.csv(spec))
     for s in species:
         for kind in R.MATRIX_KINDS:
             if kind in parts:
                 rels.append(lay.matrix(s, kind))
+    if "mapmycells" in parts:
+        rels += [e.relative_path for e in lay.mapmycells()]
     return rels
 
 
-def _entry_consistency(e: FileEntry, version: str, mpath: str) -> list[Problem]:
+def _entry_consistency(e: FileEntry, mpath: str) -> list[Problem]:
     out = []
-    name = e.relative_path.rsplit("/", 1)[-1]
-    expected = f"{e.kind}/{e.directory}/{e.version}/{name}"
+    prefix = f"{e.kind}/{e.directory}/{e.version}/"
+    stem = e.key if e.variant is None else f"{e.key}-{e.variant}"
+    expected = f"{prefix}[...]{stem}.{e.ext}"
     where = f"{mpath} entry {e.directory}/{e.kind}/{e.key}" + (f"/{e.variant}" if e.variant else "")
-    if e.relative_path != expected:
+    # A file may sit a folder deeper than its kind/directory/version (the bucket has `.../views/...`).
+    if not e.relative_path.startswith(prefix) or e.name != f"{stem}.{e.ext}":
         out.append(
             Problem(
                 where,
@@ -165,11 +188,14 @@ def _entry_consistency(e: FileEntry, version: str, mpath: str) -> list[Problem]:
     return out
 
 
-def _check_header(path: Path, rel: str, spec: R.CsvSpec) -> Problem | None:
+def _check_header(path: Path, rel: str, spec: R.CsvSpec, notes: list[str]) -> Problem | None:
     with open(path, newline="") as f:
         header = next(csv.reader(f), None)
     if not header:
         return Problem(rel, f"empty file, expected a header with {', '.join(spec.needed)}; {REDOWNLOAD}")
+    absent = [c for c in spec.optional if c not in header]
+    if absent:
+        notes.append(f"{rel}: no column {', '.join(absent)}; the store will have NULL there")
     missing = [c for c in spec.needed if c not in header]
     if missing:
         return Problem(
@@ -181,21 +207,25 @@ def _check_header(path: Path, rel: str, spec: R.CsvSpec) -> Problem | None:
     return None
 
 
-def _check_matrices(release, species, parts, present, csv_ok, lay: Layout, shapes) -> list[Problem]:
+def _check_matrices(
+    release, species, parts, present, csv_ok, lay: Layout, report: CheckReport
+) -> list[Problem]:
     problems: list[Problem] = []
-    cells_per_matrix = None
+    meta_cells = None  # cell_label -> feature_matrix_label
     if "metadata" in parts and csv_ok.get(R.CELL_METADATA.name):
-        labels = pd.read_csv(release / lay.csv(R.CELL_METADATA), usecols=["feature_matrix_label"], dtype=str)[
-            "feature_matrix_label"
-        ]
-        cells_per_matrix = labels.value_counts().to_dict()
+        meta_cells = pd.read_csv(
+            release / lay.csv(R.CELL_METADATA),
+            usecols=["cell_label", "feature_matrix_label"],
+            dtype=str,
+            keep_default_na=False,
+        )
     for s in species:
         gene_ids = None
         gspec = R.GENE_TABLES[s]
         if "metadata" in parts and csv_ok.get(gspec.name):
-            gene_ids = pd.read_csv(release / lay.csv(gspec), usecols=["gene_identifier"], dtype=str)[
-                "gene_identifier"
-            ].to_numpy()
+            gene_ids = pd.read_csv(
+                release / lay.csv(gspec), usecols=["gene_identifier"], dtype=str, keep_default_na=False
+            )["gene_identifier"].to_numpy()
         seen = {}
         for kind in R.MATRIX_KINDS:
             rel = lay.matrix(s, kind)
@@ -204,8 +234,10 @@ def _check_matrices(release, species, parts, present, csv_ok, lay: Layout, shape
             try:
                 with CsrReader(release / rel) as m:
                     seen[kind] = (m.shape, m.nnz)
-                    problems += _check_one_matrix(m, rel, kind, s, cells_per_matrix, gene_ids, lay)
-                    shapes[f"{s}/{kind}"] = m.shape
+                    problems += _check_one_matrix(m, rel, kind, s, gene_ids, lay)
+                    if kind == "raw" and meta_cells is not None:
+                        problems += _check_cells(m, rel, s, meta_cells, lay, report)
+                    report.shapes[f"{s}/{kind}"] = m.shape
             except ReleaseError as e:
                 problems.append(Problem(rel, str(e).split(": ", 1)[1] if ": " in str(e) else str(e)))
         if len(seen) == 2 and seen["raw"] != seen["log2"]:
@@ -219,9 +251,40 @@ def _check_matrices(release, species, parts, present, csv_ok, lay: Layout, shape
     return problems
 
 
-def _check_one_matrix(
-    m: CsrReader, rel, kind, species, cells_per_matrix, gene_ids, lay: Layout
-) -> list[Problem]:
+def _check_cells(m: CsrReader, rel, species, meta_cells: pd.DataFrame, lay: Layout, report) -> list[Problem]:
+    """Matrix cells against cell_metadata.csv. ABC matrices may hold cells that cell_metadata leaves out
+    (cells that failed QC, DATASET.md section 3.1): counted, never a problem, unless no cell at all is
+    shared, which means the two files are from different releases."""
+    labels = pd.Index(m.obs_names())
+    stem = R.matrix_stem(species)
+    listed = meta_cells.cell_label[meta_cells.feature_matrix_label == stem]
+    outside = int((~labels.isin(meta_cells.cell_label)).sum())
+    without = int((~listed.isin(labels)).sum())
+    report.cells_outside_metadata[species] = outside
+    report.metadata_rows_without_cell[species] = without
+    if len(labels) and outside == len(labels):
+        return [
+            Problem(
+                rel,
+                f"none of its {len(labels):,} cells is in {lay.csv(R.CELL_METADATA)} (which lists "
+                f"{len(listed):,} cells for {stem}); matrix and metadata are from different releases: "
+                f"{REDOWNLOAD}",
+            )
+        ]
+    if outside:
+        report.notes.append(
+            f"{rel}: {outside:,} of {len(labels):,} cells are not in cell_metadata.csv (cells that failed "
+            "QC, by the ABC's account); the store keeps them with NULL metadata and no cluster"
+        )
+    if without:
+        report.notes.append(
+            f"{lay.csv(R.CELL_METADATA)}: {without:,} rows for {stem} have no cell in the matrix; the store "
+            "leaves them out (there is no expression to keep)"
+        )
+    return []
+
+
+def _check_one_matrix(m: CsrReader, rel, kind, species, gene_ids, lay: Layout) -> list[Problem]:
     out = []
     allowed = R.RAW_DTYPES if kind == "raw" else ("float32", "float64")
     if str(m.dtype) not in allowed:
@@ -251,20 +314,9 @@ def _check_one_matrix(
                 f"truncated: {REDOWNLOAD}",
             )
         )
-    if cells_per_matrix is not None:
-        expected = cells_per_matrix.get(R.matrix_stem(species), 0)
-        if expected != n_obs:
-            out.append(
-                Problem(
-                    rel,
-                    f"{n_obs:,} cells but cell_metadata.csv has {expected:,} rows with "
-                    f"feature_matrix_label {R.matrix_stem(species)}; matrix and metadata are from "
-                    f"different releases: {REDOWNLOAD}",
-                )
-            )
     if gene_ids is not None:
         gtable = lay.csv(R.GENE_TABLES[species])
-        if len(gene_ids) != n_var:
+        if not lay.shared_gene_table and len(gene_ids) != n_var:
             out.append(
                 Problem(
                     rel,
@@ -273,7 +325,8 @@ def _check_one_matrix(
                 )
             )
         else:
-            # Same order is expected, but the loader joins on gene_identifier, so only the set must match.
+            # Same order is expected, but the loader joins on gene_identifier, so only the set must match
+            # (a shared gene.csv lists every species' genes: each matrix's must all be there).
             var_ids = m.var_names()
             unknown = np.flatnonzero(~pd.Index(var_ids).isin(gene_ids))  # hashed; np.isin on str is O(n*m)
             if len(unknown):

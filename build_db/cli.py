@@ -24,9 +24,9 @@ def _species(value: str | None) -> tuple[str, ...] | None:
 
 def _parts(value: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [n for n in names if n not in R.PARTS]
+    bad = [n for n in names if n not in R.ALL_PARTS]
     if bad:
-        raise click.BadParameter(f"unknown part {', '.join(bad)}; choose from {', '.join(R.PARTS)}")
+        raise click.BadParameter(f"unknown part {', '.join(bad)}; choose from {', '.join(R.ALL_PARTS)}")
     return names
 
 
@@ -96,8 +96,14 @@ def main() -> None:
     help="CSR indices/indptr dtype; auto switches to int64 at 2^31-1 non-zeros like the ABC writer.",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it already holds files.")
+@click.option(
+    "--release-only",
+    is_flag=True,
+    help="Only the two HMBA-BG directories, every matrix cell in cell_metadata.csv (default: the bucket's "
+    "shape: other datasets in the manifest, the MapMyCells pair, ~0.5% of cells outside cell_metadata).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force, quiet):
+def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force, release_only, quiet):
     """Write a synthetic HMBA-BG release under OUT, in the bucket's own tree.
 
     Same file names, CSV columns, h5ad layout and manifest (sizes, md5s) as the real release, with marker
@@ -119,6 +125,7 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
         raw_dtype=raw_dtype,
         index_dtype=index_dtype,
         force=force,
+        bucket_shape=not release_only,
         quiet=quiet,
     )
 
@@ -132,8 +139,8 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
     "what",
     default=",".join(R.PARTS),
     show_default=True,
-    help="Parts: raw, log2, metadata, taxonomy (the build needs raw, metadata and taxonomy; log2 "
-    "only for its cross-check).",
+    help="Parts: raw, log2, metadata, taxonomy, mapmycells (the build needs raw, metadata and taxonomy; "
+    "log2 only for its cross-check; mapmycells is the taxonomy's MapMyCells pair, ~1 GB, not needed).",
 )
 @click.option("--base-url", default=R.BUCKET_URL, show_default=True, help="Where the bucket is served.")
 @click.option("--dry-run", is_flag=True, help="List the files and sizes; download nothing.")
@@ -142,9 +149,11 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
 def download(dest, species, version, what, base_url, dry_run, jobs, quiet):
     """Download the release (or part of it) into DEST, in the bucket's layout, resumably and verified.
 
-    Plain HTTPS with Range requests, no AWS credentials. A partial file resumes where it stopped; every
-    file is checked against the manifest's md5 before it is renamed into place; files already here and
-    verified are skipped. DEST is a cache the official abc_atlas_access client also understands.
+    Plain HTTPS with Range requests, no AWS credentials. Only the HMBA-BG release's two directories of the
+    bucket-wide manifest are fetched. A partial file resumes where it stopped; every file is checked
+    against the manifest's md5 before it is renamed into place; files already here and verified are
+    skipped (a recorded file whose size or mtime changed is hashed again). DEST is a cache the official
+    abc_atlas_access client also uses, both ways.
 
     Example:
 
@@ -166,6 +175,11 @@ def download(dest, species, version, what, base_url, dry_run, jobs, quiet):
         for e in plan.entries:
             state = "here" if e.relative_path in plan.present else "fetch"
             click.echo(f"{state:5s} {e.size:>16,}  {e.relative_path}")
+        if plan.ignored:
+            click.echo(
+                f"ignored {sum(plan.ignored.values()):,} files of {len(plan.ignored)} other datasets in the "
+                f"manifest ({', '.join(plan.ignored)})"
+            )
         click.echo(
             f"{len(plan.entries)} files, {plan.total_bytes / 1e9:,.2f} GB in all; "
             f"{plan.bytes_to_fetch / 1e9:,.2f} GB to download"
@@ -191,8 +205,10 @@ def download(dest, species, version, what, base_url, dry_run, jobs, quiet):
 def check(release, species, what, md5, version):
     """Validate a release directory before any long work; exit 0 when clean, 1 otherwise.
 
-    Checks the manifest, every file's presence and size (md5 with --md5), CSV headers, h5ad structure, and
-    that matrix shapes agree with the metadata row counts. One line per problem, naming the file and the fix.
+    Checks the manifest (our two directories of it), every file's presence and size (md5 with --md5), CSV
+    headers, h5ad structure, and that matrices agree with the metadata. One line per problem, naming the
+    file and the fix; `note:` lines say what is fine but worth knowing (files of other datasets ignored,
+    matrix cells that cell_metadata.csv leaves out, optional columns absent).
 
     Example:
 
@@ -201,6 +217,8 @@ def check(release, species, what, md5, version):
     from .check import check_release
 
     report = check_release(release, species=_species(species), parts=_parts(what), md5=md5, version=version)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     for p in report.problems:
         click.echo(str(p))
     if not report.ok:
@@ -393,11 +411,13 @@ def info(store):
     click.echo(f"store     {Path(store).absolute()} ({size / 2**20:,.1f} MiB)")
     click.echo(f"built     {build['built_at']} by hmba-db {build['tool_version']}")
     click.echo(f"release   {build['release']} (version {build['release_version']})")
-    click.echo("species   cells        with cluster  genes    non-zeros      buckets")
+    click.echo("species   cells        with cluster  not in cell_metadata  genes    non-zeros      buckets")
     for species, cells, assigned, genes in rows:
         meta = build["species"][species]
+        outside = build.get("metadata", {}).get("cells", {}).get(species, {}).get("not_in_cell_metadata", 0)
         click.echo(
-            f"{species:9s} {cells:<12,} {assigned:<13,} {genes:<8,} {meta['nnz']:<14,} {meta['buckets']}"
+            f"{species:9s} {cells:<12,} {assigned:<13,} {outside:<21,} {genes:<8,} {meta['nnz']:<14,} "
+            f"{meta['buckets']}"
         )
     for rel, src in build["sources"].items():
         click.echo(f"source    {rel} md5 {src['md5']}")

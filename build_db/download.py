@@ -1,9 +1,10 @@
 """`hmba-db download`: fetch a release from the public bucket over plain HTTPS, resumably and verified.
 
 Files land at `DEST/<relative_path>`, the layout of the official abc_atlas_access cache, and finished
-files are recorded in `DEST/_downloaded_data.json` ({absolute path: md5}) as that client does, so a
-cache made by either tool serves the other. A file is written as `<name>.partial`, resumed with an HTTP
-Range request after an interruption, and renamed into place only once its md5 matches the manifest.
+files are recorded as that client records them (`cache.py`), so a cache made by either tool serves the
+other. Only the HMBA-BG release's two directories are fetched: the bucket's manifest lists every dataset.
+A file is written as `<name>.partial`, resumed with an HTTP Range request after an interruption, and
+renamed into place only once its md5 matches the manifest.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import release as R
+from .cache import DownloadCache, mark_manifest_used
 from .errors import HmbaError
-from .manifest import FileEntry, md5_file, parse_manifest
+from .manifest import FileEntry, md5_file, others, parse_manifest
 from .progress import Reporter
 
 CHUNK = 1 << 20  # bytes per read from the socket
@@ -30,8 +32,6 @@ RETRIES = 6
 BACKOFF = 1.0  # seconds before the first retry; doubles each time, capped at 30 s
 TIMEOUT = 60.0  # seconds without a byte before a request is abandoned and retried
 DISK_MARGIN = 1 << 30  # keep 1 GiB free beyond what the files need
-RECORD = "_downloaded_data.json"
-CSV_NAMES = {spec.name for spec in R.ALL_CSVS}  # the CSVs the loader reads; others in the listing are skipped
 
 
 class DownloadError(HmbaError):
@@ -45,6 +45,7 @@ class Plan:
     entries: list[FileEntry]
     present: set[str] = field(default_factory=set)  # relative paths already downloaded and verified
     partial_bytes: int = 0
+    ignored: dict[str, int] = field(default_factory=dict)  # other datasets of the manifest: entries each
 
     @property
     def todo(self) -> list[FileEntry]:
@@ -130,65 +131,62 @@ def _with_retries(fn, url: str, retries: int = RETRIES, backoff: float = BACKOFF
 
 
 def select(entries: list[FileEntry], species: tuple[str, ...], what: tuple[str, ...]) -> list[FileEntry]:
-    """The files of these species and parts: matrices and gene tables per species, shared CSVs once."""
+    """The files of these species and parts, from our two directories only: matrices and gene tables per
+    species, shared CSVs once, the MapMyCells pair with `mapmycells`."""
+    per_species_genes = any(e.ours and e.key in {g.name for g in R.GENE_TABLES.values()} for e in entries)
     out = []
     for e in entries:
-        if e.part not in what:
+        if not e.ours or e.part not in what:
             continue
         if e.species is not None and e.species not in species:
             continue
-        if e.variant is None and e.ext == "csv" and e.key not in CSV_NAMES:
-            continue  # files of the listing that the loader does not use
-        if e.ext not in ("csv", "h5ad"):
+        if e.part in ("metadata", "taxonomy"):
+            if e.ext != "csv" or e.key not in R.CSV_NAMES:
+                continue  # files of our directories that the loader does not use
+            if e.key == R.SHARED_GENE_TABLE and per_species_genes:
+                continue  # the per-species tables are what the layout reads
+        elif e.part in R.MATRIX_KINDS and (e.ext != "h5ad" or e.species is None):
             continue
         out.append(e)
     return sorted(out, key=lambda e: -e.size)  # large files first: they set the total time
 
 
-class _Record:
-    """`_downloaded_data.json`: {absolute path: md5}, shared with abc_atlas_access; thread-safe."""
+def plan(dest: Path, entries: list[FileEntry], cache: DownloadCache, rep: Reporter | None = None) -> Plan:
+    """Which selected files are already here and verified.
 
-    def __init__(self, dest: Path):
-        self.path = Path(dest) / RECORD
-        self.lock = threading.Lock()
-        try:
-            self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
-        except json.JSONDecodeError:
-            self.data = {}
-
-    def verified(self, path: Path, md5: str) -> bool:
-        return self.data.get(str(path.resolve())) == md5
-
-    def add(self, path: Path, md5: str) -> None:
-        with self.lock:
-            self.data[str(path.resolve())] = md5
-            tmp = self.path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps(self.data, indent=2))
-            os.replace(tmp, self.path)
-
-
-def plan(dest: Path, entries: list[FileEntry], record: _Record, rep: Reporter | None = None) -> Plan:
-    """Which selected files are already here and verified. A file present but not in the record is hashed
-    once (a cache made by hand, or a previous run killed before recording); a wrong one is fetched again."""
+    A file recorded as finished is trusted while it looks unchanged (`DownloadCache.unchanged`); one
+    present but unrecorded (a cache made by hand, a run killed before recording) or changed since it was
+    recorded is hashed; a wrong one is dropped from the record and fetched again.
+    """
     p = Plan(entries)
     for e in entries:
         path = Path(dest) / e.relative_path
         partial = path.with_name(path.name + ".partial")
+        if path.is_dir():
+            raise DownloadError(
+                f"{path}: a folder where the release has the file {e.relative_path}; move it away and run "
+                "the download again"
+            )
         if path.exists() and path.stat().st_size == e.size:
-            if record.verified(path, e.file_hash):
+            if cache.unchanged(path, e):
+                if not cache.known(path):
+                    cache.remember(path, e)
                 p.present.add(e.relative_path)
                 continue
             if md5_file(path) == e.file_hash:
-                record.add(path, e.file_hash)
+                cache.remember(path, e)
                 p.present.add(e.relative_path)
                 continue
             if rep:
-                rep.log(f"{e.relative_path}: md5 differs from the manifest; fetching it again")
-        elif path.exists() and rep:
-            rep.log(
-                f"{e.relative_path}: {path.stat().st_size:,} bytes, manifest says {e.size:,}; "
-                "fetching it again"
-            )
+                rep.log(f"{e.relative_path}: md5 differs from the manifest (damaged); fetching it again")
+            cache.forget(path)
+        elif path.exists():
+            if rep:
+                rep.log(
+                    f"{e.relative_path}: {path.stat().st_size:,} bytes, manifest says {e.size:,}; "
+                    "fetching it again"
+                )
+            cache.forget(path)
         if partial.exists() and partial.stat().st_size <= e.size:
             p.partial_bytes += partial.stat().st_size
     return p
@@ -199,7 +197,7 @@ def _fetch(
     dest: Path,
     base_url: str,
     timeout: float,
-    record: _Record,
+    cache: DownloadCache,
     overall,
     rep: Reporter,
     retries: int,
@@ -216,7 +214,7 @@ def _fetch(
                 overall(n)
 
             own.update(_partial_size(dest, entry))
-            _fetch_file(entry, dest, base_url, timeout, record, progress, rep, retries, backoff)
+            _fetch_file(entry, dest, base_url, timeout, cache, progress, rep, retries, backoff)
         finally:
             slots.put(slot)
 
@@ -231,7 +229,7 @@ def _fetch_file(
     dest: Path,
     base_url: str,
     timeout: float,
-    record: _Record,
+    cache: DownloadCache,
     progress,
     rep: Reporter,
     retries: int,
@@ -270,7 +268,7 @@ def _fetch_file(
                 "transit); fetching it again"
             )
         os.replace(partial, path)
-        record.add(path, entry.file_hash)
+        cache.remember(path, entry)
 
     def on_retry(reason: str, delay: float) -> None:
         rep.log(f"{entry.relative_path}: {reason}; retrying in {delay:.0f} s")
@@ -300,14 +298,25 @@ def download(
     dest = Path(dest)
     rep = Reporter(quiet)
     dest.mkdir(parents=True, exist_ok=True)
-    entries = select(fetch_manifest(base_url, version, dest, timeout, retries, backoff), species, what)
+    listed = fetch_manifest(base_url, version, dest, timeout, retries, backoff)
+    mark_manifest_used(dest, version)
+    entries = select(listed, species, what)
     if not entries:
         raise DownloadError(
-            f"the manifest of release {version} lists no files for species {', '.join(species)} "
-            f"and parts {', '.join(what)}"
+            f"the manifest of release {version} lists no files of {R.EXPRESSION_DIR} or {R.TAXONOMY_DIR} "
+            f"for species {', '.join(species)} and parts {', '.join(what)}; check --release"
         )
-    record = _Record(dest)
-    p = plan(dest, entries, record, rep)
+    cache = DownloadCache(dest)
+    for note in cache.notes:
+        rep.log(note)
+    cache.rewrite_if_needed()
+    p = plan(dest, entries, cache, rep)
+    p.ignored = others(listed)
+    if p.ignored:
+        rep.log(
+            f"the manifest lists {sum(p.ignored.values()):,} files of {len(p.ignored)} other datasets of "
+            f"the bucket; ignored (only {R.EXPRESSION_DIR} and {R.TAXONOMY_DIR} are read)"
+        )
     if dry_run:
         return p
     need = p.bytes_to_fetch
@@ -337,9 +346,7 @@ def download(
             slots.put(i + 1)
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = [
-                pool.submit(
-                    _fetch, e, dest, base_url, timeout, record, progress, rep, retries, backoff, slots
-                )
+                pool.submit(_fetch, e, dest, base_url, timeout, cache, progress, rep, retries, backoff, slots)
                 for e in todo
             ]
             errors = []

@@ -27,8 +27,8 @@ def md5_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class FileEntry:
-    directory: str  # HMBA-10xMultiome-BG or HMBA-BG-taxonomy-CCN20250428
-    kind: str  # expression_matrices or metadata
+    directory: str  # a dataset of the bucket: ours are HMBA-10xMultiome-BG and HMBA-BG-taxonomy-CCN20250428
+    kind: str  # expression_matrices, metadata or mapmycells
     key: str  # file name without extension (h5ad: without -raw/-log2)
     variant: str | None  # raw / log2 for h5ad files, else None
     ext: str
@@ -39,15 +39,31 @@ class FileEntry:
     url: str
 
     @property
-    def part(self) -> str:
-        """Which `--what` part the file belongs to: raw, log2, metadata or taxonomy."""
+    def ours(self) -> bool:
+        """Whether the file is of the HMBA-BG release (the manifest lists every dataset of the bucket)."""
+        return self.directory in R.DIRECTORIES
+
+    @property
+    def part(self) -> str | None:
+        """Which `--what` part the file belongs to (raw, log2, metadata, taxonomy, mapmycells); None for
+        files of other datasets."""
+        if not self.ours:
+            return None
+        if self.kind == R.MAPMYCELLS_KIND:
+            return "mapmycells"
         if self.variant is not None:
             return self.variant
         return "taxonomy" if self.directory == R.TAXONOMY_DIR else "metadata"
 
     @property
+    def name(self) -> str:
+        return self.relative_path.rsplit("/", 1)[-1]
+
+    @property
     def species(self) -> str | None:
-        """The species a file is specific to (matrices and gene tables), or None when shared."""
+        """The species a file of ours is specific to (matrices and gene tables), or None when shared."""
+        if not self.ours:
+            return None
         for sp in R.SPECIES:
             if self.variant is not None and self.key == R.matrix_stem(sp):
                 return sp
@@ -66,8 +82,10 @@ class FileEntry:
 
 
 def entry_for(root: Path, relative_path: str, version: str = R.VERSION) -> FileEntry:
-    """Describe a file of a release tree on disk (size and md5 measured now)."""
-    kind, directory, _, name = relative_path.split("/", 3)
+    """Describe a file of a release tree on disk (size and md5 measured now). `version` is the manifest's;
+    each file keeps the version of its own folder (`<kind>/<directory>/<version>/...`)."""
+    kind, directory, file_version, rest = relative_path.split("/", 3)
+    name = rest.rsplit("/", 1)[-1]
     path = Path(root) / relative_path
     ext = name.rsplit(".", 1)[1]
     variant = None
@@ -83,12 +101,13 @@ def entry_for(root: Path, relative_path: str, version: str = R.VERSION) -> FileE
         relative_path,
         path.stat().st_size,
         md5_file(path),
-        version,
+        file_version,
         R.BUCKET_URL + relative_path,
     )
 
 
 def write_manifest(root: Path, entries: list[FileEntry], version: str = R.VERSION) -> Path:
+    """Write `releases/<version>/manifest.json` listing `entries` (of any datasets), as the bucket does."""
     listing: dict = {}
     dirs: dict = {}
     for e in entries:
@@ -100,10 +119,11 @@ def write_manifest(root: Path, entries: list[FileEntry], version: str = R.VERSIO
         d = dirs.setdefault(e.directory, {}).setdefault(
             e.kind,
             {
-                "version": version,
-                "relative_path": f"{e.kind}/{e.directory}/{version}",
-                "url": f"{R.BUCKET_URL}{e.kind}/{e.directory}/{version}/",
-                "view_link": f"https://{R.BUCKET}.s3.us-west-2.amazonaws.com/index.html#{e.kind}/{e.directory}/{version}/",
+                "version": e.version,
+                "relative_path": f"{e.kind}/{e.directory}/{e.version}",
+                "url": f"{R.BUCKET_URL}{e.kind}/{e.directory}/{e.version}/",
+                "view_link": f"https://{R.BUCKET}.s3.us-west-2.amazonaws.com/index.html#"
+                f"{e.kind}/{e.directory}/{e.version}/",
                 "total_size": 0,
             },
         )
@@ -183,27 +203,69 @@ def read_manifest(root: Path, version: str = R.VERSION) -> tuple[dict, list[File
     return data, parse_manifest(data, str(path))
 
 
-class Layout:
-    """Where each file of a release is, as its manifest says (falling back to DATASET.md's layout).
+def ours(entries: list[FileEntry]) -> list[FileEntry]:
+    """The entries of the HMBA-BG release's two directories (the manifest lists the whole bucket)."""
+    return [e for e in entries if e.ours]
 
-    Relative paths come from the manifest rather than being built from the release version, because a
-    directory may carry another version than the release (the taxonomy is documented under both
-    20250630 and 20250531).
+
+def others(entries: list[FileEntry]) -> dict[str, int]:
+    """How many entries each other dataset of the bucket has: what a loader ignores."""
+    out: dict[str, int] = {}
+    for e in entries:
+        if not e.ours:
+            out[e.directory] = out.get(e.directory, 0) + 1
+    return dict(sorted(out.items()))
+
+
+class Layout:
+    """Where each file of the release is, as its manifest says (falling back to DATASET.md's layout).
+
+    Only our two directories are looked at: the bucket's manifest lists ~36 datasets and the same stems
+    (`cell_metadata`, `gene`, `donor`) recur in many of them. Relative paths come from the manifest rather
+    than being built from the release version, because each directory and kind may carry its own version
+    (the taxonomy is documented under both 20250630 and 20250531) and a file may sit a folder deeper.
     """
 
     def __init__(self, entries: list[FileEntry], version: str = R.VERSION):
         self.version = version
+        self.entries = ours(entries)
+        self.ignored = others(entries)
         self.by_key = {
-            (e.key if e.variant is None else f"{e.key}/{e.variant}"): e.relative_path for e in entries
+            (e.directory, e.kind, e.key if e.variant is None else f"{e.key}/{e.variant}"): e.relative_path
+            for e in self.entries
         }
 
+    def _listed(self, spec: R.CsvSpec, name: str) -> str | None:
+        return self.by_key.get((spec.directory, "metadata", name))
+
+    @property
+    def shared_gene_table(self) -> bool:
+        """True when our metadata directory lists one `gene.csv` for all species and no per-species table."""
+        spec = R.GENE_TABLES[R.SPECIES[0]]
+        return self._listed(spec, R.SHARED_GENE_TABLE) is not None and not any(
+            self._listed(g, g.name) for g in R.GENE_TABLES.values()
+        )
+
+    def listed(self, spec: R.CsvSpec) -> bool:
+        """Whether the manifest lists this CSV (for a gene table: its own file or the shared one)."""
+        if self._listed(spec, spec.name):
+            return True
+        return spec.species is not None and self.shared_gene_table
+
     def csv(self, spec: R.CsvSpec) -> str:
-        return self.by_key.get(spec.name) or spec.relative_path(self.version)
+        rel = self._listed(spec, spec.name)
+        if rel is None and spec.species is not None and self.shared_gene_table:
+            rel = self._listed(spec, R.SHARED_GENE_TABLE)
+        return rel or spec.relative_path(self.version)
 
     def matrix(self, species: str, kind: str) -> str:
-        return self.by_key.get(f"{R.matrix_stem(species)}/{kind}") or R.matrix_path(
-            species, kind, self.version
-        )
+        return self.by_key.get(
+            (R.EXPRESSION_DIR, "expression_matrices", f"{R.matrix_stem(species)}/{kind}")
+        ) or R.matrix_path(species, kind, self.version)
+
+    def mapmycells(self) -> list[FileEntry]:
+        """The taxonomy's MapMyCells files (precomputed stats and query markers), as listed."""
+        return [e for e in self.entries if e.part == "mapmycells"]
 
 
 def layout(release: Path, version: str = R.VERSION) -> Layout:

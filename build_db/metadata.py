@@ -31,7 +31,9 @@ class MetadataBuilder:
         self.version = version
         self.layout = layout(self.release, version)
         self.con = duckdb.connect(config={"threads": 2, "memory_limit": "3GB"})
-        self.report: dict[str, int | dict] = {}
+        self.report: dict[str, int | dict | list] = {}
+        self.notes: list[str] = []
+        self._noted: set[str] = set()
 
     # --- reading ---
 
@@ -39,8 +41,15 @@ class MetadataBuilder:
         return self.release / self.layout.csv(spec)
 
     def load(self, spec: R.CsvSpec, view: str) -> None:
-        """Register a CSV as a text-only view, after checking it has the columns we read."""
+        """Register a CSV as a text-only view, after checking it has the columns we need. Columns that only
+        enrich are NULL when absent, and a file the store can do without is an empty view when the manifest
+        does not list it; both are noted in the build report."""
         path = self._path(spec)
+        cols = ", ".join(f"null::varchar as {c}" for c in spec.columns)
+        if spec.optional_file and not self.layout.listed(spec) and not path.exists():
+            self.notes.append(f"{spec.name}.csv: not in the release; optional, no rows from it in the store")
+            self.con.execute(f"create or replace temp view {view} as select {cols} limit 0")
+            return
         if not path.exists():
             raise ReleaseError(f"{path}: missing; download it again from the release bucket", path=path)
         header = self.con.sql(
@@ -54,8 +63,13 @@ class MetadataBuilder:
                 path=path,
                 key=missing[0],
             )
+        absent = [c for c in spec.optional if c not in header.columns]
+        if absent and f"{spec.name}:{absent}" not in self._noted:
+            self._noted.add(f"{spec.name}:{absent}")
+            self.notes.append(f"{path.name}: no column {', '.join(absent)}; NULL in the store")
+        filler = "".join(f", null::varchar as {c}" for c in absent)
         self.con.execute(
-            f"create or replace temp view {view} as select * from read_csv({_q(path)}, "
+            f"create or replace temp view {view} as select *{filler} from read_csv({_q(path)}, "
             "all_varchar = true, header = true, quote = '\"', escape = '\"')"
         )
 
@@ -125,6 +139,7 @@ class MetadataBuilder:
                 f"copy (select {', '.join(t.column_names)} from {t.name}) to "
                 f"{_q(tables / (t.name + '.parquet'))} (format parquet, compression zstd)"
             )
+        self.report["notes"] = self.notes
         return self.report
 
     def _donors_libraries_values(self) -> None:
@@ -255,17 +270,13 @@ class MetadataBuilder:
             "cell_label {0} appears {1} times; cell labels must be unique: download it again",
             R.CELL_METADATA,
         )
+        # Matrix cells that cell_metadata.csv leaves out (cells that failed QC, by the ABC's account) stay
+        # in the store with NULL metadata and no cluster, so every non-zero of the source is kept; rows of
+        # cell_metadata.csv with no matrix cell have no expression and are left out. Both are counted.
         self.fail_if(
-            "select m.cell_label, m.species from matrix_cells m anti join cm using (cell_label) limit 1",
-            "has no row for cell {0} of the {1} matrix; matrix and metadata are from different releases: "
-            "download both again",
-            R.CELL_METADATA,
-        )
-        self.fail_if(
-            "select cm.cell_label, cm.feature_matrix_label from cm "
-            "anti join matrix_cells m using (cell_label) "
-            f"where cm.feature_matrix_label in ({built}) limit 1",
-            "cell {0} is listed for {1} but is not in that matrix; matrix and metadata are from different "
+            "select m.species, count(*) from matrix_cells m group by 1 having count(*) = "
+            "count(*) filter (where m.cell_label not in (select cell_label from cm)) limit 1",
+            "none of the {1} cells of the {0} matrix is listed; matrix and metadata are from different "
             "releases: download both again",
             R.CELL_METADATA,
         )
@@ -335,7 +346,8 @@ class MetadataBuilder:
         umi = self.typed("cm", R.CELL_METADATA, "umi_count", "DOUBLE", "cell_label")
         levels = ", ".join(f"k.{n}" for n in _level_names())
         c.execute(f"""create temp table cells as
-            select m.species, m.cell_index, m.cell_label, cm.cell_barcode, cm.barcoded_cell_sample_label,
+            select m.species, m.cell_index, m.cell_label, cm.cell_label is not null as in_cell_metadata,
+                   cm.cell_barcode, cm.barcoded_cell_sample_label,
                    cm.library_label, cm.donor_label, cm.alignment_job_id, {doublet} as doublet_score,
                    {umi} as umi_count, cm.feature_matrix_label, cm.dataset_label, cm.abc_sample_id,
                    m.total_counts, m.genes_detected,
@@ -350,12 +362,12 @@ class MetadataBuilder:
                    vs_sp.color_hex_triplet as species_color, vs_sex.color_hex_triplet as donor_sex_color,
                    vs_r.color_hex_triplet as region_color, vs_r.value_order as region_order
             from matrix_cells m
-            join cm using (cell_label)
-            join donors d on d.donor_label = cm.donor_label
-            join libraries l on l.library_label = cm.library_label
-            left join members_csv mem on mem.cell_label = m.cell_label
+            left join cm using (cell_label)
+            left join donors d on d.donor_label = cm.donor_label
+            left join libraries l on l.library_label = cm.library_label
+            left join members_csv mem on mem.cell_label = m.cell_label and cm.cell_label is not null
             left join clusters k on k.cluster_alias = mem.cluster_alias
-            left join emb_csv on emb_csv.cell_label = m.cell_label
+            left join emb_csv on emb_csv.cell_label = m.cell_label and cm.cell_label is not null
             left join value_sets vs_sp on vs_sp.field = 'species_genus' and vs_sp.label = m.species
             left join value_sets vs_sex on vs_sex.field = 'donor_sex' and vs_sex.label = d.donor_sex
             left join value_sets vs_r on vs_r.field = 'region_of_interest_label'
@@ -377,18 +389,31 @@ class MetadataBuilder:
             select t.*, coalesce(n.n, 0) as n_cells from terms t left join ({by_level}) n using (term_label)
             order by t.level_order, t.term_order""")
         per_species = {}
-        for sp, cells, assigned, placed in c.sql(
-            "select species, count(*), count(cluster_alias), count(x) from cells group by 1 order by 1"
+        without_cell = dict(
+            c.execute(
+                "select feature_matrix_label, count(*) from cm anti join matrix_cells using (cell_label) "
+                f"where feature_matrix_label in ({built}) group by 1"
+            ).fetchall()
+        )
+        for sp, cells, assigned, placed, outside in c.execute(
+            "select species, count(*), count(cluster_alias), count(x), "
+            "count(*) filter (not in_cell_metadata) from cells group by 1 order by 1"
         ).fetchall():
             per_species[sp] = {
                 "cells": cells,
                 "assigned": assigned,
                 "unassigned": cells - assigned,
                 "with_embedding": placed,
+                "not_in_cell_metadata": outside,
+                "cell_metadata_rows_without_matrix_cell": without_cell.get(R.matrix_stem(sp), 0),
             }
         self.report["cells"] = per_species
         self.report["membership_rows_for_cells_not_built"] = self.count(
             "select count(*) from members_csv anti join matrix_cells using (cell_label)"
+        )
+        self.report["membership_rows_for_cells_outside_cell_metadata"] = self.count(
+            "select count(*) from members_csv join matrix_cells using (cell_label) "
+            "anti join cm using (cell_label)"
         )
         self.report["embedding_rows_for_cells_not_built"] = self.count(
             "select count(*) from emb_csv anti join matrix_cells using (cell_label)"
@@ -409,6 +434,12 @@ class MetadataBuilder:
                 for c in ("name", "mapped_ncbi_identifier", "biotype")
             )
             buckets = _q(self.store / "tables" / "gene_buckets" / f"{sp}.parquet")
+            if self.layout.shared_gene_table:  # one gene.csv for all species: this matrix's genes
+                self.load(spec, f"{view}_all")
+                self.con.execute(
+                    f"create or replace temp view {view} as select * from {view}_all where gene_identifier "
+                    f"in (select gene_identifier from read_parquet({buckets}))"
+                )
             self.fail_if(
                 f"select gene_identifier, count(*) from {view} group by 1 having count(*) > 1 limit 1",
                 "gene_identifier {0} appears {1} times; identifiers must be unique",

@@ -16,6 +16,9 @@ RESOURCE_URI = f"s3://{BUCKET}/"
 
 EXPRESSION_DIR = "HMBA-10xMultiome-BG"
 TAXONOMY_DIR = "HMBA-BG-taxonomy-CCN20250428"
+# The real manifest lists the whole bucket (~36 datasets, many with the same file stems: cell_metadata,
+# gene, donor); everything here reads only these two directories of it (DATASET.md section 1.1).
+DIRECTORIES = (EXPRESSION_DIR, TAXONOMY_DIR)
 DATASET_LABEL = "HMBA-10xMultiome-BG"
 
 SPECIES = ("Human", "Macaque", "Marmoset")
@@ -25,7 +28,14 @@ REAL_CELLS = {"Human": 1_683_105, "Macaque": 839_102, "Marmoset": 414_575}
 REAL_GENES = {"Human": 36_601, "Macaque": 35_219, "Marmoset": 35_787}
 
 MATRIX_KINDS = ("raw", "log2")
+# What `download` and `check` take by default; `mapmycells` (the taxonomy's ~1 GB MapMyCells pair, DATASET.md
+# section 6) only when asked for, since the store does not read it.
 PARTS = ("raw", "log2", "metadata", "taxonomy")
+ALL_PARTS = (*PARTS, "mapmycells")
+MAPMYCELLS_KIND = "mapmycells"
+# Some releases ship one gene table for all species (the Aligned release's gene.csv) instead of one per
+# species; the layout takes whichever our metadata directory lists (DATASET.md section 3.5).
+SHARED_GENE_TABLE = "gene"
 
 
 def manifest_path(version: str = VERSION) -> str:
@@ -58,7 +68,10 @@ class CsvSpec:
     """One release CSV: where it lives, its key, and the columns a loader needs.
 
     `columns` is the exact header the release writes (and synth reproduces, in this order); `required` is
-    what a loader reads by name, so a reordered or extended header is accepted and a missing column is not.
+    what a loader cannot do without, so a reordered or extended header is accepted and a missing required
+    column is not. The other columns only enrich the store: missing, they are NULL and the build says so.
+    `optional_file`: a file the store can do without (empty tables and a note when the manifest does not
+    list it).
     """
 
     name: str
@@ -67,10 +80,16 @@ class CsvSpec:
     key: tuple[str, ...]
     required: tuple[str, ...] | None = None
     species: str | None = None  # set for the per-species gene tables
+    optional_file: bool = False
 
     @property
     def needed(self) -> tuple[str, ...]:
         return self.required if self.required is not None else self.columns
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        """Columns that only enrich: NULL when a release's file lacks them."""
+        return tuple(c for c in self.columns if c not in self.needed)
 
     def relative_path(self, version: str = VERSION) -> str:
         if self.directory == EXPRESSION_DIR:
@@ -99,6 +118,13 @@ CELL_METADATA = CsvSpec(
         "abc_sample_id",
     ),
     key=("cell_label",),
+    required=(
+        "cell_label",
+        "donor_label",
+        "barcoded_cell_sample_label",
+        "library_label",
+        "feature_matrix_label",
+    ),
 )
 DONOR = CsvSpec(
     "donor",
@@ -115,6 +141,7 @@ DONOR = CsvSpec(
         "donor_nhash_id",
     ),
     key=("donor_label",),
+    required=("donor_label", "species_genus"),
 )
 LIBRARY = CsvSpec(
     "library",
@@ -137,6 +164,7 @@ LIBRARY = CsvSpec(
         "slab_nhash_id",
     ),
     key=("library_label",),
+    required=("library_label", "barcoded_cell_sample_label", "region_of_interest_label", "donor_label"),
 )
 VALUE_SETS = CsvSpec(
     "value_sets",
@@ -152,7 +180,7 @@ VALUE_SETS = CsvSpec(
         "color_hex_triplet",
     ),
     key=("field", "label"),
-    required=("label", "field", "description", "order", "color_hex_triplet"),
+    required=("label", "field"),
 )
 GENE_TABLES = {
     species: CsvSpec(
@@ -169,7 +197,11 @@ GENE_TABLES = {
 }
 
 TERM_SET = CsvSpec(
-    "cluster_annotation_term_set", TAXONOMY_DIR, ("label", "name", "description", "order"), key=("label",)
+    "cluster_annotation_term_set",
+    TAXONOMY_DIR,
+    ("label", "name", "description", "order"),
+    key=("label",),
+    required=("label", "name", "order"),
 )
 TERM = CsvSpec(
     "cluster_annotation_term",
@@ -187,8 +219,23 @@ TERM = CsvSpec(
         "parent_term_set_label",
     ),
     key=("label",),
+    required=(
+        "label",
+        "name",
+        "cluster_annotation_term_set_label",
+        "cluster_annotation_term_set_name",
+        "term_order",
+        "term_set_order",
+        "parent_term_label",
+    ),
 )
-CLUSTER = CsvSpec("cluster", TAXONOMY_DIR, ("label", "cluster_alias", "number_of_cells"), key=("label",))
+CLUSTER = CsvSpec(
+    "cluster",
+    TAXONOMY_DIR,
+    ("label", "cluster_alias", "number_of_cells"),
+    key=("label",),
+    required=("label", "cluster_alias"),
+)
 CLUSTER_MEMBERSHIP = CsvSpec(
     "cluster_to_cluster_annotation_membership",
     TAXONOMY_DIR,
@@ -200,12 +247,14 @@ CLUSTER_MEMBERSHIP = CsvSpec(
         "cluster_annotation_term_name",
     ),
     key=("cluster_alias", "cluster_annotation_term_set_label"),
+    required=("cluster_annotation_term_label", "cluster_alias", "cluster_annotation_term_set_name"),
 )
 CELL_MEMBERSHIP = CsvSpec(
     "cell_to_cluster_membership",
     TAXONOMY_DIR,
     ("cell_label", "cluster_alias", "cluster_label"),
     key=("cell_label",),
+    required=("cell_label", "cluster_alias"),
 )
 EMBEDDING = CsvSpec(
     "cell_2d_embedding_coordinates", TAXONOMY_DIR, ("cell_label", "x", "y"), key=("cell_label",)
@@ -221,12 +270,15 @@ ABBREVIATION = CsvSpec(
         "secondary_identifier",
     ),
     key=("abbreviation_term",),
+    required=("abbreviation_term",),
+    optional_file=True,
 )
 ABBREVIATION_MAP = CsvSpec(
     "cluster_annotation_to_abbreviation_map",
     TAXONOMY_DIR,
     ("cluster_annotation_term_label", "abbreviation_term"),
     key=("cluster_annotation_term_label", "abbreviation_term"),
+    optional_file=True,
 )
 
 METADATA_CSVS = (CELL_METADATA, DONOR, LIBRARY, VALUE_SETS, *GENE_TABLES.values())
@@ -255,6 +307,9 @@ TERM_PREFIX = {
 
 # Accepted stored dtypes of the raw counts (DATASET.md section 2: unknown, so accept all plausible ones).
 RAW_DTYPES = ("float32", "float64", "int32", "int64", "uint16", "uint32")
+
+
+CSV_NAMES = frozenset({spec.name for spec in ALL_CSVS} | {SHARED_GENE_TABLE})
 
 
 def csvs_for(species: tuple[str, ...] | list[str], parts: tuple[str, ...] | list[str]) -> list[CsvSpec]:

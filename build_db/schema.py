@@ -77,12 +77,19 @@ def _level_columns() -> tuple[Column, ...]:
 
 CELLS = Table(
     "cells",
-    "One row per cell of every built species: matrix position, sample, donor, library and region, the five "
-    "taxonomy levels (NULL for the ~35% of cells without cluster membership), UMAP coordinates and totals.",
+    "One row per cell of every built species' matrix: matrix position, sample, donor, library and region, "
+    "the five taxonomy levels (NULL for the ~35% of cells without cluster membership), UMAP coordinates and "
+    "totals. Cells the matrix holds but cell_metadata.csv leaves out are kept (in_cell_metadata = false).",
     (
         SPECIES_COL,
         CELL_INDEX,
         C("cell_label", "VARCHAR", "The release's cell key: {cell_barcode}-{barcoded_cell_sample_label}"),
+        C(
+            "in_cell_metadata",
+            "BOOLEAN",
+            "False for a cell of the matrix that cell_metadata.csv leaves out (cells that failed QC, by the "
+            "ABC's account): its counts are in the store, its metadata, region, donor and taxonomy are NULL",
+        ),
         C("cell_barcode", "VARCHAR", "10x cell barcode"),
         C("barcoded_cell_sample_label", "VARCHAR", "Barcoded sample (one per library)"),
         C("library_label", "VARCHAR", "Library the cell was sequenced in (see libraries)"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from build_db import release as R
-from build_db.manifest import md5_file
+from build_db.manifest import entry_for, md5_file, write_manifest
 from build_db.synth import synth
 
 
@@ -44,6 +44,12 @@ def restamp(release: Path, relative_path: str) -> None:
                         f["size"] = path.stat().st_size
                         f["file_hash"] = md5_file(path)
     mpath.write_text(json.dumps(data))
+
+
+def remanifest(release: Path) -> None:
+    """Write the manifest anew from the files on disk (after moving or adding files on purpose)."""
+    files = sorted(str(p.relative_to(release)) for p in release.rglob("*") if p.is_file())
+    write_manifest(release, [entry_for(release, f) for f in files if not f.startswith("releases/")])
 
 
 @pytest.fixture(scope="session")

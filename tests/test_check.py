@@ -24,7 +24,10 @@ def messages(release, **kw) -> list[str]:
 def test_clean_release_exits_zero(tiny_release):
     result = CliRunner().invoke(main, ["check", str(tiny_release), "--md5"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("OK: 21 files checked with md5; Human/raw 1,346 x 400")
+    assert result.stdout.startswith("OK: 21 files checked with md5; Human/raw 1,346 x 400")
+    # The bucket's shape is fine, and said on stderr: other datasets ignored, cells outside cell_metadata.
+    assert "9 files of 3 other datasets of the bucket ignored" in result.stderr
+    assert result.stderr.count("cells are not in cell_metadata.csv") == 3
 
 
 def test_missing_manifest(tmp_path):
@@ -80,18 +83,27 @@ def test_extra_and_reordered_columns_are_fine(release_copy):
     assert messages(release_copy) == []
 
 
-def test_shape_disagrees_with_cell_metadata(release_copy):
+def test_cell_metadata_rows_and_matrix_cells_are_counted_not_fatal(release_copy):
+    before = check_release(release_copy)
     rel = R.CELL_METADATA.relative_path()
     df = pd.read_csv(release_copy / rel, dtype=str, keep_default_na=False)
     human = df.index[df.feature_matrix_label == "HMBA-10xMultiome-BG-Human"]
-    df.drop(human[:3]).to_csv(release_copy / rel, index=False)
+    extra = df.loc[human[:2]].assign(cell_label=["NOMATRIX-1", "NOMATRIX-2"])
+    pd.concat([df.drop(human[:3]), extra]).to_csv(release_copy / rel, index=False)
     restamp(release_copy, rel)
-    msgs = messages(release_copy)
-    assert len(msgs) == 2  # raw and log2
-    assert msgs[0] == (
-        f"{RAW}: 1,346 cells but cell_metadata.csv has 1,343 rows with feature_matrix_label "
-        "HMBA-10xMultiome-BG-Human; matrix and metadata are from different releases: download it "
-        "again from the release bucket"
+    after = check_release(release_copy)
+    assert after.problems == []
+    assert after.cells_outside_metadata["Human"] == before.cells_outside_metadata["Human"] + 3
+    assert before.metadata_rows_without_cell["Human"] == 0 and after.metadata_rows_without_cell["Human"] == 2
+    assert after.cells_outside_metadata["Macaque"] == before.cells_outside_metadata["Macaque"] > 0
+    assert any("2 rows for HMBA-10xMultiome-BG-Human have no cell in the matrix" in n for n in after.notes)
+    # No cell in common: the matrix and the metadata are from different releases.
+    df[df.feature_matrix_label != "HMBA-10xMultiome-BG-Human"].to_csv(release_copy / rel, index=False)
+    restamp(release_copy, rel)
+    (msg,) = messages(release_copy, species=("Human",), parts=("raw", "metadata"))
+    assert msg == (
+        f"{RAW}: none of its 1,346 cells is in {rel} (which lists 0 cells for HMBA-10xMultiome-BG-Human); "
+        "matrix and metadata are from different releases: download it again from the release bucket"
     )
 
 

@@ -364,14 +364,20 @@ def test_default_species_are_the_downloaded_ones(release_copy, tmp_path):
     assert list(result.species) == ["Marmoset"]
 
 
-def test_matrix_disagreeing_with_metadata_stops_the_build(release_copy, tmp_path):
+def test_cell_metadata_row_without_matrix_cell_is_left_out(release_copy, tmp_path):
     rel = R.CELL_METADATA.relative_path()
     df = pd.read_csv(release_copy / rel, dtype=str, keep_default_na=False)
-    df = df.drop(df.index[df.feature_matrix_label == "HMBA-10xMultiome-BG-Marmoset"][:1])
+    marmoset = df.index[df.feature_matrix_label == "HMBA-10xMultiome-BG-Marmoset"]
+    ghost = df.loc[marmoset[:1]].assign(cell_label="NOMATRIX-0000_A01")
+    df = pd.concat([df.drop(marmoset[1:2]), ghost])  # one matrix cell unlisted, one listed cell not in it
     df.to_csv(release_copy / rel, index=False)
     restamp(release_copy, rel)
-    with pytest.raises(
-        ReleaseError, match=r"Marmoset-raw\.h5ad: 332 cells but cell_metadata\.csv has 331 rows"
-    ):
-        build(release_copy, tmp_path / "store", species=("Marmoset",), quiet=True)
-    assert not (tmp_path / "store").exists()
+    store = build(release_copy, tmp_path / "store", species=("Marmoset",), quiet=True).store
+    counts = json.loads((store / "build.json").read_text())["metadata"]["cells"]["Marmoset"]
+    assert counts["cell_metadata_rows_without_matrix_cell"] == 1
+    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
+    n, outside, ghosts = con.execute(
+        "select count(*), count(*) filter (not in_cell_metadata), "
+        "count(*) filter (cell_label = 'NOMATRIX-0000_A01') from cells"
+    ).fetchone()
+    assert counts["not_in_cell_metadata"] == outside and ghosts == 0 and n == counts["cells"] == 332

@@ -21,6 +21,7 @@ from ..h5ad import INT32_LIMIT, CsrWriter
 from ..manifest import entry_for, write_manifest
 from ..progress import Reporter, run_pool, worker_pool
 from . import metadata as M
+from .bucket import write_bucket_neighbours
 from .model import gene_table, log2_cpm, sample_counts, species_model
 from .taxonomy import ABBREVIATIONS, LEVEL_DESCRIPTIONS, Taxonomy, build_taxonomy
 
@@ -57,9 +58,15 @@ def synth(
     raw_dtype: str = "float32",
     index_dtype: str = "auto",
     force: bool = False,
+    bucket_shape: bool = True,
     quiet: bool = False,
 ) -> Path:
     """Write a synthetic HMBA-BG release under `out` and return its path.
+
+    With `bucket_shape` (the default) the tree has the real bucket's shape (DATASET.md sections 1.1, 3.1,
+    6): the manifest also lists other datasets with the same file stems, other versions and nested paths,
+    and the MapMyCells pair, all written too; and ~0.5% of each matrix's cells are absent from
+    cell_metadata.csv. Without it, only the two HMBA-BG directories, every cell listed.
 
     Example:
         >>> synth(Path("data/release"), scale=0.001, genes=2000)  # doctest: +SKIP
@@ -81,7 +88,7 @@ def synth(
     staging.mkdir(parents=True)
     rep = Reporter(quiet, steps=4)
     try:
-        _write(staging, scale, genes, seed, species, jobs, raw_dtype, index_dtype, rep)
+        _write(staging, scale, genes, seed, species, jobs, raw_dtype, index_dtype, bucket_shape, rep)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -101,6 +108,7 @@ def _write(
     jobs: int,
     raw_dtype: str,
     index_dtype: str,
+    bucket_shape: bool,
     rep: Reporter,
 ) -> None:
     tax = build_taxonomy(seed)
@@ -130,6 +138,7 @@ def _write(
             index_dtype,
             library_table,
             donor_table,
+            M.OUTSIDE_METADATA_SHARE if bucket_shape else 0.0,
         )
         for s in species
     ]
@@ -161,6 +170,8 @@ def _write(
         _csv(root, R.GENE_TABLES[s], gene_table(s, n_genes_for(s, genes), seed))
     counts = sum((r.cluster_counts for r in results.values()), np.zeros(len(tax.clusters), dtype=np.int64))
     _taxonomy_csvs(root, tax, counts, seed)
+    if bucket_shape:
+        write_bucket_neighbours(root, tax, counts, seed)
 
     rep.step("manifest with sizes and md5 digests")
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
@@ -181,6 +192,7 @@ def _species_worker(
     index_dtype: str,
     library_table: pd.DataFrame,
     donor_table: pd.DataFrame,
+    outside_share: float,
     progress,
 ) -> SpeciesResult:
     t0 = time.monotonic()
@@ -213,6 +225,9 @@ def _species_worker(
                 sel = group == g
                 cluster[sel] = lay.cluster_ids[g][_pick1(lay.cluster_cdf[g], rng.random(int(sel.sum())))]
             assigned = rng.random(len(idx)) < M.ASSIGNED_SHARE
+            # Cells left out of cell_metadata.csv (and so of the taxonomy): in the matrix only.
+            listed = rng.random(len(idx)) >= outside_share
+            assigned &= listed
             raw = sample_counts(model, cluster, tax.cluster_group, np.where(assigned, 1.0, 0.6), rng)
             if not writers:
                 itype = _index_dtype(index_dtype, raw.nnz / len(idx) * n_cells)
@@ -234,6 +249,7 @@ def _species_worker(
                 lib,
                 cluster,
                 assigned,
+                listed,
                 raw,
                 barcode,
                 cell_label,
@@ -276,6 +292,7 @@ def _cell_rows(
     lib,
     cluster,
     assigned,
+    listed,
     raw,
     barcode,
     cell_label,
@@ -304,7 +321,8 @@ def _cell_rows(
         }
     )
     # Rows are shuffled within each chunk: a loader must join on cell_label, never on position.
-    meta.iloc[rng.permutation(n)].to_csv(files["cell_metadata"], header=False, index=False)
+    meta = meta.iloc[rng.permutation(n)]
+    meta[listed[meta.index]].to_csv(files["cell_metadata"], header=False, index=False)
     a = np.flatnonzero(assigned)
     a = a[rng.permutation(len(a))]
     clusters = [tax.clusters[c] for c in cluster[a]]
