@@ -42,18 +42,23 @@ def cell_terms(release: Path, level: str = "Group") -> pd.DataFrame:
 
 
 def resolve_symbols(release: Path, species: str, symbols: list[str]) -> dict[str, int]:
-    """Gene symbol -> column index in the species matrix (first identifier when a symbol repeats)."""
-    genes = pd.read_csv(
-        Path(release) / layout(release).csv(R.GENE_TABLES[species]), dtype=str, keep_default_na=False
-    )
+    """Gene symbol -> column index in the species matrix (first identifier when a symbol repeats).
+
+    Joined on the gene identifier, never on row position: the gene table may be one `gene.csv` for every
+    species, and its order is not promised to be the matrix's.
+    """
+    release = Path(release)
+    lay = layout(release)
+    genes = pd.read_csv(release / lay.csv(R.GENE_TABLES[species]), dtype=str, keep_default_na=False)
+    with CsrReader(release / lay.matrix(species, "log2")) as m:
+        column = {g: i for i, g in enumerate(m.var_names())}
+    genes = genes[genes.gene_identifier.isin(column)]
     out = {}
     for s in symbols:
-        hits = np.flatnonzero(genes.gene_symbol.to_numpy() == s)
+        hits = genes.gene_identifier[genes.gene_symbol == s]
         if len(hits) == 0:
-            raise HmbaError(
-                f"{layout(release).csv(R.GENE_TABLES[species])}: no gene with symbol {s!r} in {species}"
-            )
-        out[s] = int(hits[0])
+            raise HmbaError(f"{lay.csv(R.GENE_TABLES[species])}: no gene with symbol {s!r} in {species}")
+        out[s] = column[hits.iloc[0]]
     return out
 
 
