@@ -50,7 +50,7 @@ demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer
 	$(BIN)/hmba-db check $(DATA)/demo-release --md5
 	$(BIN)/hmba-db build $(DATA)/demo-release $(DATA)/demo-store
 	$(BIN)/hmba-db verify $(DATA)/demo-store
-	$(BIN)/python -m build_db.demo $(DATA)/demo-release $(DATA)/demo-store
+	$(BIN)/python -m build_db.tools.demo $(DATA)/demo-release $(DATA)/demo-store
 	$(BIN)/hmba-db query $(DATA)/demo-store markers --param level=Subclass --param "term=STR D1 MSN" \
 		--param n=10 --plot $(DATA)/demo-markers.png
 
@@ -58,7 +58,7 @@ test: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) ## run the test suite (fast tests 
 	$(BIN)/pytest -q
 
 bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, then the slow tests
-	$(BIN)/python -m build_db.bench --out $(DATA)/bench
+	$(BIN)/python -m build_db.tools.bench --out $(DATA)/bench
 	$(BIN)/pytest -q -m slow
 
 lint: $(STAMP) ## ruff lint and format check

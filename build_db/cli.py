@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from . import release as R
 from .errors import HmbaError
+from .release import layout as R
 
 
 def _species(value: str | None) -> tuple[str, ...] | None:
@@ -113,7 +113,7 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
 
         hmba-db synth data/release --scale 0.01 --genes all --seed 1
     """
-    from .synth import synth as run
+    from .release.synth import synth as run
 
     run(
         out,
@@ -159,7 +159,7 @@ def download(dest, species, version, what, base_url, dry_run, jobs, quiet):
 
         hmba-db download data/real-release --species Marmoset --what raw,metadata,taxonomy
     """
-    from .download import download as run
+    from .release.download import download as run
 
     plan = run(
         dest,
@@ -214,7 +214,7 @@ def check(release, species, what, md5, version):
 
         hmba-db check data/release --species Marmoset --md5
     """
-    from .check import check_release
+    from .release.check import check_release
 
     report = check_release(release, species=_species(species), parts=_parts(what), md5=md5, version=version)
     for note in report.notes:
@@ -262,8 +262,8 @@ def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, quie
 
         hmba-db build data/release data/store --species Marmoset
     """
-    from .builder import build as run
-    from .transpose import BUCKET_TARGET_NNZ
+    from .store.build import build as run
+    from .store.transpose import BUCKET_TARGET_NNZ
 
     run(
         release,
@@ -291,7 +291,7 @@ def verify(store, species):
     """
     import json
 
-    from .verify import verify_store
+    from .store.verify import verify_store
 
     problems = verify_store(store, list(_species(species) or ()))
     for p in problems:
@@ -364,11 +364,11 @@ def sql(store, query, fmt, safe, timeout, max_rows):
     """
     import duckdb
 
-    from .catalog import connect
+    from .access.connect import connect
 
     query = _read_sql(query)
     if safe:
-        from .sandbox import run_safe
+        from .access.sandbox import run_safe
 
         result = run_safe(store, query, timeout=timeout, max_rows=max_rows)
         _emit(result.frame, fmt)
@@ -398,7 +398,7 @@ def info(store):
     """
     import json
 
-    from .catalog import connect
+    from .access.connect import connect
 
     con = connect(store)
     build = json.loads((Path(store) / "build.json").read_text())
@@ -435,7 +435,7 @@ def relocate(store):
 
         mv data/store /srv/hmba && hmba-db relocate /srv/hmba/store
     """
-    from .catalog import relocate as run
+    from .store.catalog import relocate as run
 
     old, new = run(store)
     click.echo(f"views now read {new}" + (f" (were {old})" if old and old != new else ""))
@@ -450,7 +450,7 @@ def queries(name):
 
         hmba-db queries markers
     """
-    from .queries import PARAM_TYPES, get_query, list_queries
+    from .access.queries import PARAM_TYPES, get_query, list_queries
 
     if name:
         q = get_query(name)
@@ -509,8 +509,8 @@ def query(store, name, params, fmt, plot, show_sql):
     """
     import time
 
-    from .catalog import connect
-    from .queries import execute, get_query, render
+    from .access.connect import connect
+    from .access.queries import execute, get_query, render
 
     q = get_query(name)
     con = connect(store)
@@ -528,7 +528,7 @@ def query(store, name, params, fmt, plot, show_sql):
     if plot:
         if q.plot is None:
             raise click.ClickException(f"query {name} has no picture (no '-- plot:' line)")
-        from .plots import draw
+        from .access.plots import draw
 
         shown = {k: v for k, v in rendered.values.items() if k not in ("gene_indexes", "gene_buckets")}
         title = f"{q.title}\n" + ", ".join(
@@ -548,7 +548,7 @@ def connect_info(store):
 
         hmba-db connect-info data/demo-store
     """
-    from .bi import recipes
+    from .access.bi import recipes
 
     click.echo(recipes(store))
 

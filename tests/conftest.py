@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from build_db import release as R
-from build_db.manifest import entry_for, md5_file, write_manifest
-from build_db.synth import synth
+from build_db.release import layout as R
+from build_db.release.manifest import entry_for, md5_file, write_manifest
+from build_db.release.synth import synth
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,12 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from build_db import schema as S
-from build_db.builder import build
-from build_db.catalog import CATALOG, connect
+from build_db.access.connect import connect
+from build_db.access.sandbox import UnsafeQuery, run_safe, safe_connect
 from build_db.cli import main
-from build_db.sandbox import UnsafeQuery, run_safe, safe_connect
+from build_db.store import schema as S
+from build_db.store.build import build
+from build_db.store.catalog import CATALOG
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = ROOT / "tests" / "node" / "open_catalog.mjs"

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from build_db import release as R
-from build_db.builder import build
-from build_db.check import check_release
 from build_db.cli import main
-from build_db.manifest import Layout, read_manifest
-from build_db.verify import verify_store
+from build_db.release import layout as R
+from build_db.release.check import check_release
+from build_db.release.manifest import Layout, read_manifest
+from build_db.store.build import build
+from build_db.store.verify import verify_store
 
 from .conftest import remanifest
 

@@ -16,13 +16,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from build_db import release as R
-from build_db import schema as S
-from build_db.analyses import mean_expression, resolve_genes
-from build_db.builder import build
-from build_db.catalog import CATALOG, connect, relocate
+from build_db.access.analyses import mean_expression, resolve_genes
+from build_db.access.connect import connect
 from build_db.cli import main
 from build_db.errors import HmbaError, ReleaseError
+from build_db.release import layout as R
+from build_db.store import schema as S
+from build_db.store.build import build
+from build_db.store.catalog import CATALOG, relocate
 
 from .conftest import restamp
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from build_db import release as R
-from build_db.check import check_release
 from build_db.cli import main
+from build_db.release import layout as R
+from build_db.release.check import check_release
 
 from .conftest import restamp
 
@@ -191,7 +191,7 @@ def test_files_are_found_where_the_manifest_says(release_copy):
     20250630 and 20250531): paths come from the manifest, not from the release version."""
     import shutil
 
-    from build_db.builder import build
+    from build_db.store.build import build
 
     old = release_copy / "metadata" / R.TAXONOMY_DIR / "20250630"
     new = release_copy / "metadata" / R.TAXONOMY_DIR / "20250531"

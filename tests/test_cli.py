@@ -65,8 +65,8 @@ def test_synth_rejects_bad_scale(tmp_path):
 
 def test_demo_answers_the_notebook_question(tiny_release, tmp_path, capsys):
     """The store's answer is printed and equals the h5ad scan's (demo fails otherwise)."""
-    from build_db.builder import build
-    from build_db.demo import main as demo
+    from build_db.store.build import build
+    from build_db.tools.demo import main as demo
 
     store = build(tiny_release, tmp_path / "store", quiet=True).store
     assert demo([str(tiny_release), str(store)]) == 0
@@ -77,8 +77,10 @@ def test_demo_answers_the_notebook_question(tiny_release, tmp_path, capsys):
 
 
 def test_readme_data_dictionary_is_current():
-    from build_db.schema import data_dictionary
+    from build_db.store.schema import data_dictionary
 
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- data-dictionary:start -->")[1].split("<!-- data-dictionary:end -->")[0]
-    assert block.strip() == data_dictionary().strip(), "run: python -m build_db.schema, paste into README.md"
+    assert block.strip() == data_dictionary().strip(), (
+        "run: python -m build_db.store.schema, paste into README.md"
+    )

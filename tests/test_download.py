@@ -10,12 +10,12 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from build_db import release as R
-from build_db.builder import build
-from build_db.check import check_release
 from build_db.cli import main
-from build_db.download import DownloadError, download, select
-from build_db.manifest import ours, read_manifest
+from build_db.release import layout as R
+from build_db.release.check import check_release
+from build_db.release.download import DownloadError, download, select
+from build_db.release.manifest import ours, read_manifest
+from build_db.store.build import build
 
 from .httpserver import serve
 

@@ -6,9 +6,10 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from build_db import connect, export, to_anndata
-from build_db import release as R
+from build_db import connect, to_anndata
+from build_db.access import export
 from build_db.errors import HmbaError
+from build_db.release import layout as R
 
 
 @pytest.fixture(scope="module")

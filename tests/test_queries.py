@@ -12,13 +12,13 @@ import sqlglot
 from click.testing import CliRunner
 
 from build_db import analyses, connect, list_queries, run_query
-from build_db import release as R
+from build_db.access.plots import draw
+from build_db.access.queries import QUERIES_DIR, get_query, parse_query_file, render
 from build_db.cli import main
 from build_db.errors import HmbaError
-from build_db.plots import draw
-from build_db.queries import QUERIES_DIR, get_query, parse_query_file, render
-from build_db.synth.model import species_model
-from build_db.synth.taxonomy import MARKERS, build_taxonomy
+from build_db.release import layout as R
+from build_db.release.synth.model import species_model
+from build_db.release.synth.taxonomy import MARKERS, build_taxonomy
 
 REQUIRED = {
     "gene_set_by_level",

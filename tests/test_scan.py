@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from build_db import release as R
 from build_db.errors import HmbaError
-from build_db.scan import mean_log2_by_term
+from build_db.release import layout as R
+from build_db.tools.scan import mean_log2_by_term
 
 
 def test_scan_equals_anndata_groupby(tiny_release, monkeypatch):
-    monkeypatch.setattr("build_db.scan.CHUNK_ROWS", 100)  # several chunks even on a tiny matrix
+    monkeypatch.setattr("build_db.tools.scan.CHUNK_ROWS", 100)  # several chunks even on a tiny matrix
     genes = ["DRD1", "PLP1", "AQP4"]
     got = mean_log2_by_term(tiny_release, "Human", genes, "Subclass")
 

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from build_db import release as R
-from build_db.builder import build
-from build_db.check import check_release
-from build_db.h5ad import CsrReader
-from build_db.synth import synth
-from build_db.verify import verify_store
+from build_db.release import layout as R
+from build_db.release.check import check_release
+from build_db.release.h5ad import CsrReader
+from build_db.release.synth import synth
+from build_db.store.build import build
+from build_db.store.verify import verify_store
 
 pytestmark = pytest.mark.slow
 

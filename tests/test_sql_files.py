@@ -8,8 +8,8 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from build_db.catalog import SQL_DIR, VIEW_ORDER, view_sql
-from build_db.schema import VIEWS
+from build_db.store.catalog import SQL_DIR, VIEW_ORDER, view_sql
+from build_db.store.schema import VIEWS
 
 FILES = sorted(SQL_DIR.glob("*.sql"))
 

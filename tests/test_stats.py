@@ -9,8 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 from build_db import connect
-from build_db import release as R
-from build_db.stats import FIELDS
+from build_db.release import layout as R
+from build_db.store.stats import FIELDS
 
 
 @pytest.fixture(scope="module")

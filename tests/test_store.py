@@ -14,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from build_db import release as R
-from build_db.builder import bucket_file, build, staging_dir
 from build_db.errors import HmbaError, ReleaseError
-from build_db.h5ad import CsrReader, CsrWriter
-from build_db.transpose import BucketPlan, plan_buckets, row_split, scatter, sort_bucket
-from build_db.verify import verify_store
+from build_db.release import layout as R
+from build_db.release.h5ad import CsrReader, CsrWriter
+from build_db.store.build import build
+from build_db.store.paths import bucket_file, staging_dir
+from build_db.store.transpose import BucketPlan, plan_buckets, row_split, scatter, sort_bucket
+from build_db.store.verify import verify_store
 
 from .conftest import restamp
 

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from build_db import release as R
-from build_db.check import check_release
-from build_db.manifest import md5_file, ours, read_manifest
-from build_db.synth import synth
-from build_db.synth.model import sample_counts, species_model
-from build_db.synth.taxonomy import MARKERS, build_taxonomy
+from build_db.release import layout as R
+from build_db.release.check import check_release
+from build_db.release.manifest import md5_file, ours, read_manifest
+from build_db.release.synth import synth
+from build_db.release.synth.model import sample_counts, species_model
+from build_db.release.synth.taxonomy import MARKERS, build_taxonomy
 
 
 def read(release: Path, spec: R.CsvSpec) -> pd.DataFrame:
@@ -337,7 +337,7 @@ def test_deterministic_per_seed(tmp_path):
 
 
 def test_scale_one_reproduces_real_counts():
-    from build_db.synth.writer import n_cells_for, n_genes_for
+    from build_db.release.synth.writer import n_cells_for, n_genes_for
 
     assert {s: n_cells_for(s, 1.0) for s in R.SPECIES} == R.REAL_CELLS
     assert {s: n_genes_for(s, None) for s in R.SPECIES} == {

@@ -1,0 +1,2 @@
+"""The access side: opening a store (connect), symbol resolution, named queries and Python analyses,
+AnnData export, plots, sandboxed SQL and BI recipes."""

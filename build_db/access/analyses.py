@@ -1,0 +1,185 @@
+"""Common analyses over a store's catalog, returning pandas DataFrames.
+
+Gene symbols are resolved to literal (gene_index, gene_bucket) pairs first, so the expression scan reads
+only those genes' folders and row groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from ..errors import HmbaError
+from ..release import layout as R
+from ..store import schema as S
+from .connect import bucket_files
+from .genes import CACHE, GeneMatch, cache_key, resolve_genes
+from .queries import run_query
+
+__all__ = [
+    "GeneMatch",
+    "resolve_genes",
+    "mean_expression",
+    "gene_set_by_level",
+    "dotplot",
+    "markers",
+    "gene_by_region",
+    "donor_pseudobulk",
+    "cells_per_level",
+    "umap_by_gene",
+    "gene_set_across_species",
+]
+
+
+@dataclass
+class _CellTerms:
+    """Per-cell arrays of one species at one level, indexed by cell_index: term code (-1 unassigned) and
+    total counts. Cached per store build, so a warm query only reads its genes' rows."""
+
+    codes: np.ndarray
+    totals: np.ndarray
+    terms: list[str]
+    sizes: np.ndarray
+
+
+def _cell_terms(con: duckdb.DuckDBPyConnection, species: str, level: str) -> _CellTerms:
+    key = cache_key(con, "cells", species, level)
+    if key not in CACHE:
+        p = S.LEVEL_PREFIX[level]
+        cells = con.execute(
+            f"select cell_index, {p}_name as term, {p}_order as term_order, total_counts from cells "
+            "where species = ? order by cell_index",
+            [species],
+        ).df()
+        names = cells.dropna(subset=["term"]).drop_duplicates("term").sort_values("term_order")
+        code_of = {t: i for i, t in enumerate(names.term)}
+        codes = cells.term.map(code_of).fillna(-1).to_numpy(np.int32)
+        CACHE[key] = _CellTerms(
+            codes,
+            cells.total_counts.to_numpy(np.float64),
+            list(names.term),
+            np.bincount(codes[codes >= 0], minlength=len(names)),
+        )
+    return CACHE[key]
+
+
+def mean_expression(
+    con: duckdb.DuckDBPyConnection, species: str, symbols: list[str], level: str = "Group"
+) -> pd.DataFrame:
+    """Mean log2(CPM+1) and fraction of expressing cells of each gene per taxonomy term, over the cells
+    assigned at that level (zeros included); rows in taxonomy order, a column per gene, then
+    `<gene>_fraction` columns and n_cells.
+
+    Reads only the genes' row groups from their buckets' files; the per-cell term and totals come from a
+    per-store cache, so warm calls cost the genes' rows, not a scan of the cells table.
+
+    Example:
+        >>> mean_expression(connect("data/demo-store"), "Human", ["DRD1", "DRD2"], "Group")  # doctest: +SKIP
+    """
+    if level not in R.LEVELS:
+        raise HmbaError(f"unknown taxonomy level {level!r}; choose from {', '.join(R.LEVELS)}")
+    genes = resolve_genes(con, species, symbols)
+    cells = _cell_terms(con, species, level)
+    files = bucket_files(con, species, [g.gene_bucket for g in genes])
+    rows = con.execute(
+        f"select gene_index, cell_index, raw_count from read_parquet(?) "
+        f"where gene_index in ({', '.join(str(g.gene_index) for g in genes)})",
+        [files],
+    ).fetchnumpy()
+    wanted = np.array([g.gene_index for g in genes])
+    by_index = np.argsort(wanted)
+    gene_pos = by_index[np.searchsorted(wanted[by_index], rows["gene_index"])]
+    cell = rows["cell_index"].astype(np.int64)
+    code = cells.codes[cell]
+    keep = code >= 0
+    log2 = np.log2(rows["raw_count"][keep] / cells.totals[cell[keep]] * 1e6 + 1)
+    n_terms, n_genes = len(cells.terms), len(genes)
+    slot = code[keep] * n_genes + gene_pos[keep]
+    sums = np.bincount(slot, weights=log2, minlength=n_terms * n_genes).reshape(n_terms, n_genes)
+    hits = np.bincount(slot, minlength=n_terms * n_genes).reshape(n_terms, n_genes)
+    sizes = cells.sizes[:, None].astype(np.float64)
+    out = pd.DataFrame(
+        sums / sizes, index=pd.Index(cells.terms, name=level.lower()), columns=[g.symbol for g in genes]
+    )
+    for i, g in enumerate(genes):
+        out[f"{g.symbol}_fraction"] = hits[:, i] / cells.sizes
+    out["n_cells"] = cells.sizes
+    out.attrs["genes"] = genes
+    return out
+
+
+# --- the named analyses (queries/*.sql) as functions; None means the query's own default ---
+
+
+def _run(con, name: str, **params) -> pd.DataFrame:
+    return run_query(con, name, **{k: v for k, v in params.items() if v is not None})
+
+
+def gene_set_by_level(con, genes=None, level=None, species=None) -> pd.DataFrame:
+    """Mean log2(CPM+1) and fraction expressing of genes per term of a level (queries/gene_set_by_level.sql).
+
+    Example:
+        >>> gene_set_by_level(connect("data/demo-store"), ["DRD1", "DRD2"], "Subclass")  # doctest: +SKIP
+    """
+    return _run(con, "gene_set_by_level", genes=genes, level=level, species=species)
+
+
+def dotplot(con, genes=None, level=None, species=None, min_cells=None) -> pd.DataFrame:
+    """Per-gene scaled mean and fraction expressing per term, for a dotplot (queries/dotplot.sql)."""
+    return _run(con, "dotplot", genes=genes, level=level, species=species, min_cells=min_cells)
+
+
+def markers(
+    con,
+    term=None,
+    level=None,
+    species=None,
+    n=None,
+    min_fraction=None,
+    max_rest_fraction=None,
+    min_log2fc=None,
+) -> pd.DataFrame:
+    """Top marker genes of a term against the rest of its level, ranked by Welch's t (queries/markers.sql).
+
+    Example:
+        >>> markers(connect("data/demo-store"), "Astrocyte", "Subclass", n=10)  # doctest: +SKIP
+    """
+    return _run(
+        con,
+        "markers",
+        term=term,
+        level=level,
+        species=species,
+        n=n,
+        min_fraction=min_fraction,
+        max_rest_fraction=max_rest_fraction,
+        min_log2fc=min_log2fc,
+    )
+
+
+def gene_by_region(con, gene=None, species=None, min_cells=None) -> pd.DataFrame:
+    """One gene per dissected region and Group (queries/gene_by_region.sql)."""
+    return _run(con, "gene_by_region", gene=gene, species=species, min_cells=min_cells)
+
+
+def donor_pseudobulk(con, genes=None, species=None, min_cells=None) -> pd.DataFrame:
+    """Per-donor pseudobulk CPM of genes per Group (queries/donor_pseudobulk.sql)."""
+    return _run(con, "donor_pseudobulk", genes=genes, species=species, min_cells=min_cells)
+
+
+def cells_per_level(con, level=None, species=None) -> pd.DataFrame:
+    """Cells per term of a level, per species (queries/cells_per_level.sql)."""
+    return _run(con, "cells_per_level", level=level, species=species)
+
+
+def umap_by_gene(con, gene=None, species=None, max_cells=None) -> pd.DataFrame:
+    """UMAP coordinates with one gene's log2(CPM+1) per cell (queries/umap_by_gene.sql)."""
+    return _run(con, "umap_by_gene", gene=gene, species=species, max_cells=max_cells)
+
+
+def gene_set_across_species(con, genes=None, level=None, species=None) -> pd.DataFrame:
+    """A gene set per term, side by side across species (queries/gene_set_across_species.sql)."""
+    return _run(con, "gene_set_across_species", genes=genes, level=level, species=species)

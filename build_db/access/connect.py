@@ -1,0 +1,76 @@
+"""Opening a store: `connect()` to its catalog from any directory (repairing a moved store in the session),
+and where a connection's files are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from ..errors import HmbaError
+from ..store.catalog import CATALOG, VIEW_ORDER, recorded_path, sql_literal, view_sql
+from ..store.paths import bucket_file
+
+
+def store_of(con: duckdb.DuckDBPyConnection) -> Path:
+    """The store a connection reads: as connect() set it, else as the catalog records it."""
+    rows = con.execute("select getvariable('hmba_store')").fetchall()
+    path = rows[0][0] if rows and rows[0][0] else recorded_path(con)
+    if not path:
+        raise HmbaError(
+            "this connection is not to an hmba-db catalog (no store_info); use build_db.connect(STORE)"
+        )
+    return Path(path)
+
+
+def bucket_files(con: duckdb.DuckDBPyConnection, species: str, buckets) -> list[str]:
+    """The Parquet files holding these buckets of a species: naming them skips globbing and pruning."""
+    return [str(bucket_file(store_of(con), species, int(b))) for b in sorted(set(buckets))]
+
+
+def connect(
+    store: Path | str, *, read_only: bool = True, threads: int | None = None, private: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """Open the store's catalog: a DuckDB connection with every table and view registered.
+
+    Read-only by default, from any working directory. If the store was moved since it was built, the
+    expression views are shadowed by temporary views pointing at its new place (run `hmba-db relocate`
+    to fix the file itself). `private=True` opens the catalog in a database instance of its own (DuckDB
+    otherwise shares one instance per file within a process), so settings made on it, such as the
+    sandbox's, touch no other connection.
+
+    Example:
+        >>> con = connect("data/demo-store")  # doctest: +SKIP
+        >>> con.sql("select species, count(*) from cells group by species").df()  # doctest: +SKIP
+    """
+    store = Path(store).absolute()
+    path = store / CATALOG
+    if not path.exists():
+        raise HmbaError(
+            f"{path}: not found; build the store first (hmba-db build RELEASE {store})", path=path
+        )
+    config = {"threads": threads} if threads else {}
+    con = None
+    if not private:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
+        except duckdb.ConnectionException as e:
+            if "different configuration" not in str(e):
+                raise
+            # Another library in this process (e.g. SQLAlchemy) holds the file with other settings.
+    if con is None:
+        con = duckdb.connect(":memory:", config=config)
+        con.execute(f"attach {sql_literal(path)} as catalog ({'read_only' if read_only else 'read_write'})")
+        con.execute("use catalog")
+    con.execute(
+        "set variable hmba_store = ?", [str(store)]
+    )  # where the files are: analyses read them directly
+    recorded = recorded_path(con)
+    if recorded is None or Path(recorded) != store:
+        for name in VIEW_ORDER:
+            temp = view_sql(name, store).replace(
+                f"create or replace view {name}", f"create or replace temp view {name}", 1
+            )
+            con.execute(temp)
+    return con

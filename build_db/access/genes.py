@@ -1,0 +1,65 @@
+"""Gene symbols to genes (gene_index, gene_bucket, identifier) for one species, with closest-match errors,
+and the per-store-build cache the access side keeps."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import duckdb
+
+from ..errors import HmbaError
+from ..release import layout as R
+from .connect import store_of
+
+
+@dataclass(frozen=True)
+class GeneMatch:
+    symbol: str
+    gene_index: int
+    gene_bucket: int
+    gene_identifier: str
+    n_identifiers: int  # > 1 when the symbol names several genes; the first (lowest index) is used
+
+
+def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[str]) -> list[GeneMatch]:
+    """Symbol -> gene, for one species. Unknown symbols are an error listing the closest known ones.
+
+    Example:
+        >>> resolve_genes(connect("data/demo-store"), "Human", ["DRD1"])  # doctest: +SKIP
+        [GeneMatch(symbol='DRD1', gene_index=3201, gene_bucket=3, gene_identifier='ENSG...', n_identifiers=1)]
+    """
+    if species not in R.SPECIES:
+        raise HmbaError(f"unknown species {species!r}; choose from {', '.join(R.SPECIES)}")
+    table = symbol_table(con, species)
+    missing = [s for s in symbols if s not in table]
+    if missing:
+        hints = []
+        for s in missing:
+            close = difflib.get_close_matches(s, sorted(table), n=3, cutoff=0.6)
+            hints.append(f"{s} (closest: {', '.join(close)})" if close else s)
+        raise HmbaError(f"{species}: no gene with symbol {'; '.join(hints)}")
+    return [table[s] for s in symbols]
+
+
+# Per store build (path and built_at): symbol tables here and the analyses' per-cell term arrays, loaded
+# once per process.
+CACHE: dict[tuple, object] = {}
+
+
+def cache_key(con: duckdb.DuckDBPyConnection, *parts) -> tuple:
+    built = con.execute("select value from store_info where key = 'built_at'").fetchall()
+    return (str(store_of(con)), built[0][0] if built else "", *parts)
+
+
+def symbol_table(con: duckdb.DuckDBPyConnection, species: str) -> dict[str, GeneMatch]:
+    key = cache_key(con, "symbols", species)
+    if key not in CACHE:
+        rows = con.execute(
+            "select gene_symbol, min(gene_index), arg_min(gene_bucket, gene_index), "
+            "arg_min(gene_identifier, gene_index), count(*) from genes "
+            "where species = ? and gene_symbol is not null group by 1",
+            [species],
+        ).fetchall()
+        CACHE[key] = {r[0]: GeneMatch(r[0], int(r[1]), int(r[2]), r[3], int(r[4])) for r in rows}
+    return CACHE[key]

@@ -1,0 +1,431 @@
+"""Named analyses: the SQL files in queries/, their headers, typed parameters, execution and plots.
+
+A query file starts with a header of SQL comments:
+
+    -- name: markers
+    -- title: Top marker genes of a taxonomy term
+    -- description: Genes most specific to one term against the rest of its level ...
+    -- param species species = Human: Species
+    -- param n int = 20: How many genes
+    -- plot: bar x=gene_symbol y=log2_fold_change
+
+then one SELECT that refers to a parameter as `$name`. Parameters are checked against their type and
+put into the SQL as literals (through sqlglot, so quoting is sqlglot's). A `genes` (or `gene`) parameter
+is resolved to the genes of each species in the query first: its SQL may use `$gene_indexes` and
+`$gene_buckets` (literal lists, so DuckDB prunes folders and row groups) and the table `selected_genes`
+(species, gene_order, gene_symbol, gene_identifier, gene_index, gene_bucket).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import sqlglot
+from sqlglot import exp
+
+from ..errors import HmbaError
+from ..release import layout as R
+from .connect import connect
+from .genes import symbol_table
+
+QUERIES_DIR = Path(__file__).resolve().parents[2] / "queries"
+PARAM_TYPES = {
+    "species": "one species: Human, Macaque or Marmoset",
+    "species_list": "species, comma-separated, or all (the built ones)",
+    "level": "a taxonomy level: Neighborhood, Class, Subclass, Group or Cluster",
+    "genes": "gene symbols or identifiers, comma-separated",
+    "gene": "one gene symbol or identifier",
+    "term": "a taxonomy term of the query's level, by name or label",
+    "int": "an integer",
+    "float": "a number",
+    "text": "text",
+}
+GENE_TYPES = ("genes", "gene")
+DERIVED = ("gene_indexes", "gene_buckets")  # placeholders a genes parameter provides
+SELECTED_GENES = "selected_genes"
+SELECTED_COLUMNS = ("species", "gene_order", "gene_symbol", "gene_identifier", "gene_index", "gene_bucket")
+PLOTS = {
+    "heatmap": ("x", "y", "value"),
+    "dotplot": ("x", "y", "color", "size"),
+    "scatter": ("x", "y", "color"),
+    "bar": ("x", "y"),
+}
+_PARAM = re.compile(r"^(\w+)\s+(\w+)\s*(?:=\s*(.*?))?\s*:\s+(.+)$")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    default: str | None  # None: required
+    description: str
+
+
+@dataclass(frozen=True)
+class Plot:
+    kind: str
+    options: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    name: str
+    title: str
+    description: str
+    params: tuple[Param, ...]
+    plot: Plot | None
+    sql: str  # the body after the header, with $placeholders
+    path: Path
+    example: dict[str, str] = field(default_factory=dict)  # README example parameters (-- example: k=v ...)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def usage(self) -> str:
+        parts = [
+            f"{p.name}={p.default}" if p.default is not None else f"{p.name}=<{p.type}>" for p in self.params
+        ]
+        return " ".join(f"--param {x}" for x in parts)
+
+
+def parse_query_file(path: Path) -> NamedQuery:
+    """Read a query file's header and check its SQL: it parses, and every $placeholder is declared."""
+    path = Path(path)
+    header: dict[str, list[str]] = {}
+    body: list[str] = []
+    in_header = True
+    for line in path.read_text().splitlines():
+        m = re.match(r"^--\s*(?:(name|title|description|plot|example):|(param)\s)\s*(.*)$", line)
+        if in_header and m:
+            header.setdefault(m[1] or m[2], []).append(m[3].strip())
+        elif in_header and line.startswith("--") and "description" in header and not body:
+            header["description"].append(line[2:].strip())  # a description continues on plain comment lines
+        else:
+            in_header = in_header and not line.strip()
+            body.append(line)
+    where = f"{path}: "
+    for key in ("name", "title", "description"):
+        if not header.get(key):
+            raise HmbaError(f"{where}the header has no '-- {key}:' line; see queries/README.md", path=path)
+    name = header["name"][0]
+    if name != path.stem:
+        raise HmbaError(f"{where}'-- name: {name}' differs from the file name; rename one", path=path)
+    params = []
+    for text in header.get("param", []):
+        m = _PARAM.match(text)
+        if not m or m[2] not in PARAM_TYPES:
+            raise HmbaError(
+                f"{where}bad parameter line '-- param {text}'; write '-- param NAME TYPE [= DEFAULT]: "
+                f"description' with TYPE one of {', '.join(PARAM_TYPES)}",
+                path=path,
+            )
+        params.append(Param(m[1], m[2], m[3], m[4]))
+    if sum(p.type in GENE_TYPES for p in params) > 1:
+        raise HmbaError(f"{where}at most one genes/gene parameter per query", path=path)
+    plot = None
+    if header.get("plot"):
+        kind, *opts = header["plot"][0].split()
+        options = dict(o.split("=", 1) for o in opts)
+        if kind not in PLOTS or not set(PLOTS[kind]) <= set(options):
+            raise HmbaError(
+                f"{where}bad plot line; write e.g. '-- plot: heatmap x=COL y=COL value=COL' "
+                f"(kinds: {', '.join(f'{k} ' + ' '.join(v) for k, v in PLOTS.items())})",
+                path=path,
+            )
+        plot = Plot(kind, options)
+    example = dict(kv.split("=", 1) for kv in " ".join(header.get("example", [])).split())
+    q = NamedQuery(
+        name,
+        header["title"][0],
+        " ".join(header["description"]),
+        tuple(params),
+        plot,
+        "\n".join(body).strip().rstrip(";"),
+        path,
+        example,
+    )
+    tree = _parse(q)
+    declared = {p.name for p in params} | (
+        set(DERIVED) if any(p.type in GENE_TYPES for p in params) else set()
+    )
+    used = {ph.this for ph in tree.find_all(exp.Placeholder)}
+    if used - declared:
+        raise HmbaError(
+            f"{where}${', $'.join(sorted(used - declared))} not declared as a parameter", path=path
+        )
+    uses_selected = any(t.name == SELECTED_GENES for t in tree.find_all(exp.Table))
+    if uses_selected and not any(p.type in GENE_TYPES for p in params):
+        raise HmbaError(f"{where}uses {SELECTED_GENES} but declares no genes parameter", path=path)
+    return q
+
+
+_TREES: dict[str, exp.Expression] = {}
+
+
+def _parse(q: NamedQuery) -> exp.Expression:
+    """The query's syntax tree: a fresh copy of a cached parse (render edits it)."""
+    if q.sql in _TREES:
+        return _TREES[q.sql].copy()
+    try:
+        trees = sqlglot.parse(q.sql, read="duckdb")
+    except sqlglot.errors.ParseError as e:
+        raise HmbaError(f"{q.path}: the SQL does not parse: {' '.join(str(e).split())}", path=q.path) from e
+    if len(trees) != 1 or not isinstance(trees[0], exp.Query):
+        raise HmbaError(f"{q.path}: a query file holds exactly one SELECT", path=q.path)
+    _TREES[q.sql] = trees[0]
+    return trees[0].copy()
+
+
+_PARSED: dict[tuple, NamedQuery] = {}
+
+
+def list_queries(directory: Path = QUERIES_DIR) -> dict[str, NamedQuery]:
+    """Every named query, by name, in file-name order (parsed once per file version)."""
+    out = {}
+    for path in sorted(Path(directory).glob("*.sql")):
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in _PARSED:
+            _PARSED[key] = parse_query_file(path)
+        out[_PARSED[key].name] = _PARSED[key]
+    return out
+
+
+def get_query(name: str, directory: Path = QUERIES_DIR) -> NamedQuery:
+    queries = list_queries(directory)
+    if name not in queries:
+        close = difflib.get_close_matches(name, list(queries), n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise HmbaError(f"no query named {name!r}; {hint}`hmba-db queries` lists them", key=name)
+    return queries[name]
+
+
+@dataclass
+class Rendered:
+    query: NamedQuery
+    sql: str
+    values: dict[str, object]
+    notes: list[str]
+
+
+def _built_species(con: duckdb.DuckDBPyConnection) -> list[str]:
+    have = {r[0] for r in con.execute("select distinct species from cell_totals").fetchall()}
+    return [s for s in R.SPECIES if s in have]
+
+
+def _one_species(value: str, built: list[str], pname: str) -> str:
+    match = {s.lower(): s for s in R.SPECIES}.get(value.strip().lower())
+    if match is None:
+        raise HmbaError(
+            f"--param {pname}={value}: unknown species; choose from {', '.join(R.SPECIES)}", key=pname
+        )
+    if match not in built:
+        raise HmbaError(
+            f"--param {pname}={value}: {match} is not in this store (built: {', '.join(built)}); "
+            f"build it with hmba-db build --species {match}",
+            key=pname,
+        )
+    return match
+
+
+def _split(value) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(x).strip() for x in items if str(x).strip()]
+
+
+def _term(con, value: str, level: str | None, pname: str) -> str:
+    where, args = ("where level = ?", [level]) if level else ("", [])
+    terms = con.execute(f"select term_label, term_name from taxonomy_terms {where}", args).fetchall()
+    v = value.strip().lower()
+    for label, name in terms:
+        if v in (label.lower(), (name or "").lower()):
+            return label
+    close = difflib.get_close_matches(value, [n for _, n in terms if n], n=3, cutoff=0.5)
+    scope = f" at level {level}" if level else ""
+    hint = f" (closest: {', '.join(close)})" if close else ""
+    raise HmbaError(
+        f"--param {pname}={value}: no taxonomy term{scope} with that name or label{hint}", key=pname
+    )
+
+
+def _genes(con, tokens: list[str], species: list[str], pname: str, notes: list[str]) -> list[tuple]:
+    """Rows of selected_genes: each token looked up as a symbol, else as an identifier, per species."""
+
+    if not tokens:
+        raise HmbaError(f"--param {pname}: give at least one gene symbol", key=pname)
+    rows, unknown = [], {t: [] for t in tokens}
+    for s in species:
+        table = symbol_table(con, s)
+        not_symbols = [t for t in tokens if t not in table]
+        ids = (
+            {}
+            if not not_symbols
+            else dict(
+                con.execute(
+                    "select gene_identifier, gene_index || ',' || gene_bucket || ',' || "
+                    "coalesce(gene_symbol, '') from genes "
+                    "where species = ? and gene_identifier in (select unnest(?))",
+                    [s, not_symbols],
+                ).fetchall()
+            )
+        )
+        for order, t in enumerate(tokens):
+            if t in table:
+                g = table[t]
+                if g.n_identifiers > 1:
+                    others = con.execute(
+                        "select gene_identifier from genes where species = ? and gene_symbol = ? "
+                        "order by gene_index",
+                        [s, t],
+                    ).fetchall()
+                    notes.append(
+                        f"{s}: {t} names {g.n_identifiers} genes ({', '.join(r[0] for r in others)}); using "
+                        f"{g.gene_identifier}, give an identifier to choose another"
+                    )
+                rows.append((s, order, t, g.gene_identifier, g.gene_index, g.gene_bucket))
+            elif t in ids:
+                index, bucket, symbol = ids[t].split(",", 2)
+                rows.append((s, order, symbol or t, t, int(index), int(bucket)))
+            else:
+                unknown[t].append(s)
+    missing_everywhere = [t for t, where in unknown.items() if len(where) == len(species)]
+    if missing_everywhere:
+        table = symbol_table(con, species[0])
+        hints = []
+        for t in missing_everywhere:
+            close = difflib.get_close_matches(t, sorted(table), n=3, cutoff=0.6)
+            hints.append(f"{t} (closest: {', '.join(close)})" if close else t)
+        raise HmbaError(
+            f"--param {pname}: no gene with symbol or identifier {'; '.join(hints)} in {', '.join(species)}",
+            key=pname,
+        )
+    for t, where in unknown.items():
+        if where:
+            notes.append(f"{t}: no such gene in {', '.join(where)}; its rows there are missing")
+    return rows
+
+
+def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> Rendered:
+    """Validate the parameters, resolve genes and terms, and return the query's SQL with literals."""
+    unknown = set(params) - {p.name for p in query.params}
+    if unknown:
+        accepted = ", ".join(p.name for p in query.params) or "none"
+        raise HmbaError(
+            f"query {query.name} has no parameter {', '.join(sorted(unknown))}; it takes: {accepted}",
+            key=sorted(unknown)[0],
+        )
+    built = _built_species(con)
+    raw = {p.name: params.get(p.name, p.default) for p in query.params}
+    values: dict[str, object] = {}
+    notes: list[str] = []
+    for p in query.params:
+        if raw[p.name] is None:
+            raise HmbaError(
+                f"query {query.name} needs --param {p.name}=... ({PARAM_TYPES[p.type]}: {p.description})",
+                key=p.name,
+            )
+    scope: list[str] = list(built)
+    level = None
+    for p in query.params:  # species and level first: genes and terms are resolved within them
+        v = raw[p.name]
+        if p.type == "species":
+            values[p.name] = _one_species(str(v), built, p.name)
+            scope = [values[p.name]]
+        elif p.type == "species_list":
+            items = _split(v)
+            chosen = (
+                built
+                if [x.lower() for x in items] == ["all"]
+                else [_one_species(x, built, p.name) for x in items]
+            )
+            values[p.name] = chosen
+            scope = chosen
+        elif p.type == "level":
+            match = {lv.lower(): lv for lv in R.LEVELS}.get(str(v).strip().lower())
+            if match is None:
+                raise HmbaError(
+                    f"--param {p.name}={v}: unknown taxonomy level; choose from {', '.join(R.LEVELS)}",
+                    key=p.name,
+                )
+            values[p.name] = level = match
+    selected: list[tuple] = []
+    for p in query.params:
+        v = raw[p.name]
+        if p.type in ("int", "float"):
+            try:
+                values[p.name] = int(v) if p.type == "int" else float(v)
+            except (TypeError, ValueError):
+                raise HmbaError(f"--param {p.name}={v}: expected {PARAM_TYPES[p.type]}", key=p.name) from None
+        elif p.type == "text":
+            values[p.name] = str(v)
+        elif p.type == "term":
+            values[p.name] = _term(con, str(v), level, p.name)
+        elif p.type in GENE_TYPES:
+            tokens = _split(v)
+            if p.type == "gene" and len(tokens) != 1:
+                raise HmbaError(f"--param {p.name}={v}: give exactly one gene", key=p.name)
+            selected = _genes(con, tokens, scope, p.name, notes)
+            values[p.name] = tokens[0] if p.type == "gene" else tokens
+            values["gene_indexes"] = sorted({r[4] for r in selected})
+            values["gene_buckets"] = sorted({r[5] for r in selected})
+    tree = _parse(query)
+    for ph in list(tree.find_all(exp.Placeholder)):
+        _substitute(ph, values[ph.this])
+    if selected:
+        for table in list(tree.find_all(exp.Table)):
+            if table.name == SELECTED_GENES and not table.args.get("db"):
+                table.replace(_values_table(selected, table.alias or SELECTED_GENES))
+    return Rendered(query, tree.sql(dialect="duckdb", pretty=True), values, notes)
+
+
+def _substitute(ph: exp.Placeholder, value) -> None:
+    if not isinstance(value, list):
+        ph.replace(exp.convert(value))
+        return
+    literals = [exp.convert(v) for v in value]
+    parent = ph.parent
+    if isinstance(parent, exp.In) and parent.args.get("field") is ph:  # x in $list
+        parent.set("field", None)
+        parent.set("expressions", literals)
+    elif isinstance(parent, exp.In):  # x in ($list)
+        items = []
+        for e in parent.expressions:
+            items += literals if e is ph else [e]
+        parent.set("expressions", items)
+    else:  # anywhere else, a list value: [a, b, ...]
+        ph.replace(exp.Array(expressions=literals))
+
+
+def _values_table(rows: list[tuple], alias: str) -> exp.Expression:
+    values = ", ".join("(" + ", ".join(exp.convert(v).sql("duckdb") for v in r) + ")" for r in rows)
+    select = sqlglot.parse_one(
+        f"select * from (values {values}) as {alias}({', '.join(SELECTED_COLUMNS)})", read="duckdb"
+    )
+    return select.args["from_"].this if "from_" in select.args else select.args["from"].this
+
+
+def run_query(store_or_con, name: str, **params) -> pd.DataFrame:
+    """Run a named query; returns a DataFrame (attrs: query name, the SQL run, notes).
+
+    Example:
+        >>> run_query("data/demo-store", "markers", term="STRd D1 Matrix MSN", n=10)  # doctest: +SKIP
+    """
+
+    con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
+    return execute(con, render(con, get_query(name), params))
+
+
+def execute(con: duckdb.DuckDBPyConnection, rendered: Rendered) -> pd.DataFrame:
+    """Run a rendered query; a DuckDB error becomes a one-line HmbaError. attrs: name, SQL, notes."""
+    name = rendered.query.name
+    try:
+        df = con.execute(rendered.sql).df()
+    except duckdb.Error as e:
+        raise HmbaError(f"query {name} failed: {' '.join(str(e).split())}", key=name) from e
+    df.attrs.update(query=name, sql=rendered.sql, notes=rendered.notes)
+    return df

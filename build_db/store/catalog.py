@@ -1,0 +1,173 @@
+"""The catalog: `STORE/catalog.duckdb`, the one file every client opens.
+
+Small tables are stored in it (cells, genes, taxonomy, ...); the expression views read the Parquet files
+by absolute path, because DuckDB resolves relative paths against the working directory, not the
+database file: a BI tool opening the catalog from anywhere finds the data with no init statement. A
+moved store is repaired by `hmba-db relocate` (rewrites the views) or, read-only, by connect() (shadows
+them with temporary views: `access/connect.py`). The file is written in a storage version DuckDB 1.1 and
+later can open, because BI drivers embed their own 1.x DuckDB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import duckdb
+
+from ..errors import HmbaError
+from . import schema as S
+
+CATALOG = "catalog.duckdb"
+STORAGE_VERSION = "v1.1.0"  # readable by DuckDB >= 1.1 (tested with 1.1.3), which BI drivers embed
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# Dependencies first; the *_sums views read Parquet files, the *_stats views read them.
+VIEW_ORDER = (
+    "expression_counts",
+    "expression",
+    "expression_annotated",
+    "term_gene_sums",
+    "region_group_gene_sums",
+    "donor_group_gene_sums",
+    "term_gene_stats",
+    "region_group_gene_stats",
+    "donor_group_gene_stats",
+)
+
+
+def sql_literal(value: str | Path) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def view_sql(name: str, store: Path) -> str:
+    """A view's SQL from sql/<name>.sql with {store} replaced by the store's absolute path."""
+    path = SQL_DIR / f"{name}.sql"
+    if not path.exists():
+        raise HmbaError(f"{path}: missing; the package's sql/ folder is incomplete: reinstall hmba-db")
+    text = path.read_text()
+    return text.replace("{store}", str(Path(store).absolute()).replace("'", "''"))
+
+
+@contextlib.contextmanager
+def _bindable(final: Path, files_at: Path):
+    """DuckDB reads a view's files when it creates the view. While a new store sits in staging, make the
+    final path resolve: a temporary symlink if nothing is there yet (a rebuild binds to the old store,
+    whose files have the same schema)."""
+    link = None
+    if final != files_at and not final.exists() and not final.is_symlink():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(files_at, final, target_is_directory=True)
+        link = final
+    try:
+        yield
+    finally:
+        if link is not None:
+            link.unlink()
+
+
+def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
+    """Create `files_at/catalog.duckdb` from `files_at/tables/*.parquet`, views pointing at `final`.
+
+    Returns False when the views had to be bound to `files_at` instead: the caller relocates them once
+    the files are at `final`."""
+    files_at, final = Path(files_at).absolute(), Path(final).absolute()
+    path = files_at / CATALOG
+    path.unlink(missing_ok=True)
+    con = duckdb.connect()
+    con.execute(f"attach {sql_literal(path)} as catalog (storage_version '{STORAGE_VERSION}')")
+    con.execute("use catalog")
+    for t in S.PARQUET_TABLES:
+        cols = ", ".join(f"cast({c.name} as {c.type}) as {c.name}" for c in t.columns)
+        order = (
+            " order by species" + (", cell_index" if t is S.CELLS else ", gene_index" if t is S.GENES else "")
+            if t in (S.CELLS, S.GENES)
+            else ""
+        )
+        con.execute(
+            f"create table {t.name} as select {cols} "
+            f"from read_parquet({sql_literal(files_at / 'tables' / (t.name + '.parquet'))})"
+            f"{order}"
+        )
+    con.execute(
+        "create table cell_totals as select species, cell_index, total_counts from cells "
+        "order by species, cell_index"
+    )
+    _term_cell_counts(con)
+    con.execute("create table store_info (key varchar, value varchar)")
+    bound_to = final
+    try:
+        with _bindable(final, files_at):
+            for name in VIEW_ORDER:
+                con.execute(view_sql(name, final))
+    except duckdb.IOException:
+        # The store being replaced lacks files this version writes (built by an older hmba-db): bind to
+        # the staging directory and record that, so the builder relocates the views after publishing
+        # (and connect() shadows them meanwhile).
+        bound_to = files_at
+        for name in VIEW_ORDER:
+            con.execute(view_sql(name, files_at))
+    rows = {**info, "store_path": str(bound_to)}
+    con.executemany("insert into store_info values (?, ?)", list(rows.items()))
+    _comment(con)
+    con.execute("use memory")
+    con.execute("detach catalog")
+    con.close()
+    return bound_to == final
+
+
+def _term_cell_counts(con: duckdb.DuckDBPyConnection) -> None:
+    per_level = " union all ".join(
+        f"select species, '{lv}' as level, {i} as level_order, {p}_label as term_label, "
+        f"{p}_name as term_name, {p}_order as term_order, {p}_color as color, total_counts "
+        f"from cells where {p}_label is not null"
+        for i, (lv, p) in enumerate(S.LEVEL_PREFIX.items())
+    )
+    con.execute(
+        "create table term_cell_counts as "
+        "select species, level, level_order, term_label, term_name, term_order, color, "
+        "count(*)::bigint as n_cells, sum(total_counts)::bigint as sum_total_counts "
+        f"from ({per_level}) group by all order by species, level_order, term_order"
+    )
+
+
+def _comment(con: duckdb.DuckDBPyConnection) -> None:
+    for t in S.ALL:
+        kind = "view" if t.kind == "view" else "table"
+        con.execute(f"comment on {kind} {t.name} is {sql_literal(t.description)}")
+        for c in t.columns:
+            con.execute(f"comment on column {t.name}.{c.name} is {sql_literal(c.description)}")
+
+
+def relocate(store: Path) -> tuple[str, str]:
+    """Point the catalog's views at where the store is now; returns (old path, new path).
+
+    Example:
+        >>> relocate(Path("/data/moved/store"))  # doctest: +SKIP
+        ('/data/old/store', '/data/moved/store')
+    """
+    store = Path(store).absolute()
+    path = store / CATALOG
+    if not path.exists():
+        raise HmbaError(f"{path}: not found; {store} is not an hmba-db store (run hmba-db build)", path=path)
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error as e:
+        raise HmbaError(
+            f"{path}: cannot open for writing ({e}); close other programs using the store and retry",
+            path=path,
+        ) from e
+    try:
+        old = recorded_path(con)
+        for name in VIEW_ORDER:
+            con.execute(view_sql(name, store))
+        _comment(con)
+        con.execute("update store_info set value = ? where key = 'store_path'", [str(store)])
+    finally:
+        con.close()
+    return old or "", str(store)
+
+
+def recorded_path(con: duckdb.DuckDBPyConnection) -> str | None:
+    rows = con.execute("select value from store_info where key = 'store_path'").fetchall()
+    return rows[0][0] if rows else None

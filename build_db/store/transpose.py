@@ -1,0 +1,399 @@
+"""Stream a cell-major CSR h5ad into gene-bucketed, (gene, cell)-sorted Parquet, in bounded memory.
+
+Two passes (DESIGN.md decision 4):
+
+1. scatter: read CSR row blocks (this is where gzip decompression, the cost floor, happens), validate
+   them, take per-cell totals, and append each block's non-zeros to one staging file per gene bucket.
+   Row ranges are independent, so the two cores each scatter half the rows into their own files.
+2. sort: per bucket, read its staging files in row order and counting-sort by gene. The staging rows of a
+   bucket are already in cell order, so a stable sort by gene alone gives (gene, cell) order, in O(n).
+   Then write one Parquet file. Buckets are independent too: one per core at a time.
+
+Memory is bounded by one scatter block and one bucket whatever the matrix size; a bucket's size is
+chosen from the matrix's non-zero count so that it stays near BUCKET_TARGET_NNZ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from ..errors import ReleaseError
+from ..release.h5ad import CsrReader
+
+# ~80M non-zeros per bucket gives ~64 buckets for Human at full scale (5 billion non-zeros): the layout
+# DESIGN.md measured at 3-5 ms per gene, and a sort that needs ~1 GB per worker.
+BUCKET_TARGET_NNZ = 80_000_000
+# 4M non-zeros per scatter block: ~150 MB of scratch per worker, large enough that h5py's per-call
+# overhead is noise (each block spans ~200 gzip chunks of 20,000 values).
+SCATTER_BLOCK_NNZ = 4_000_000
+# Row groups of 122,880 rows (DuckDB's vector size x 60): one gene's rows sit in one or two groups.
+ROW_GROUP = 122_880
+SORT_BLOCK = 4_000_000  # staging rows per step of the counting sort (~100 MB of scratch)
+
+# At most this many genes per bucket, whatever the non-zero count: the counting sort writes one stream
+# per gene, and a few hundred streams stay cache-friendly where 36,601 do not (measured: 2.6x faster
+# sort of 47M non-zeros with 36 buckets than with 1). Small stores get >= 36 small files; full-scale
+# Human gets ~64 buckets of ~570 genes from the non-zero target anyway.
+MAX_BUCKET_GENES = 1024
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    n_genes: int
+    genes_per_bucket: int
+
+    @property
+    def n_buckets(self) -> int:
+        return max(1, math.ceil(self.n_genes / self.genes_per_bucket))
+
+    def gene_range(self, k: int) -> tuple[int, int]:
+        return k * self.genes_per_bucket, min(self.n_genes, (k + 1) * self.genes_per_bucket)
+
+    def bucket_of(self, genes: np.ndarray) -> np.ndarray:
+        return genes // self.genes_per_bucket
+
+
+def plan_buckets(
+    n_genes: int, nnz: int, target_nnz: int = BUCKET_TARGET_NNZ, max_genes: int = MAX_BUCKET_GENES
+) -> BucketPlan:
+    """Contiguous gene ranges of equal width, as many as the non-zeros need at ~target_nnz each."""
+    n = max(1, min(n_genes, math.ceil(nnz / max(1, target_nnz))))
+    n = max(n, math.ceil(n_genes / max(1, max_genes)))
+    return BucketPlan(n_genes, max(1, math.ceil(n_genes / n)))
+
+
+@dataclass
+class BucketStats:
+    """What the source said about one bucket, reconciled against the store by verify."""
+
+    nnz: int = 0
+    sum: int = 0
+    cell_sum: int = 0  # sum of cell_index over non-zeros: catches a value moved to another cell
+    gene_weighted: int = 0  # sum of gene_index * count: catches a value moved to another gene
+
+    def add(self, other: BucketStats) -> None:
+        self.nnz += other.nnz
+        self.sum += other.sum
+        self.cell_sum += other.cell_sum
+        self.gene_weighted += other.gene_weighted
+
+
+def row_split(indptr: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Split rows into `parts` contiguous ranges of about equal non-zeros."""
+    n = len(indptr) - 1
+    if n == 0:
+        return [(0, 0)]
+    targets = np.linspace(0, indptr[-1], parts + 1)[1:-1]
+    cuts = [0, *np.searchsorted(indptr, targets).tolist(), n]
+    cuts = sorted(set(min(max(c, 0), n) for c in cuts))
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a] or [(0, n)]
+
+
+def _blocks(indptr: np.ndarray, r0: int, r1: int, block_nnz: int):
+    """Row ranges within [r0, r1) of at most ~block_nnz non-zeros (at least one row each)."""
+    start = r0
+    while start < r1:
+        stop = int(np.searchsorted(indptr, indptr[start] + block_nnz, side="right")) - 1
+        stop = min(max(stop, start + 1), r1)
+        yield start, stop
+        start = stop
+
+
+def _bad(path: Path, row: int, label_of, what: str, fix: str) -> ReleaseError:
+    label = ""
+    if label_of is not None:
+        try:
+            label = f" (cell {label_of(row)})"
+        except Exception:  # the label is a courtesy; the row number is the fact
+            pass
+    return ReleaseError(f"{path}: row {row}{label}: {what}; {fix}", path=path, key=row)
+
+
+def validate_block(
+    path: Path, r0: int, ip: np.ndarray, data: np.ndarray, idx: np.ndarray, n_genes: int, label_of=None
+) -> np.ndarray:
+    """Check one CSR block; return its values as int64. `ip` is the block's indptr rebased to 0."""
+    fix_counts = "raw counts must be non-negative integers: is this the -log2 file, or a damaged download?"
+    if len(data) and not np.issubdtype(data.dtype, np.integer):
+        frac = np.flatnonzero(~np.isfinite(data) | (data != np.floor(data)))
+        if len(frac):
+            row = r0 + int(np.searchsorted(ip, frac[0], side="right")) - 1
+            raise _bad(path, row, label_of, f"non-integral count {data[frac[0]].item()}", fix_counts)
+    values = data.astype(np.int64)
+    neg = np.flatnonzero((values < 0) | (values >= 2**31))
+    if len(neg):
+        row = r0 + int(np.searchsorted(ip, neg[0], side="right")) - 1
+        what = "negative" if values[neg[0]] < 0 else "implausibly large (>= 2^31)"
+        raise _bad(path, row, label_of, f"{what} count {data[neg[0]].item()}", fix_counts)
+    if len(idx):
+        out = np.flatnonzero((idx < 0) | (idx >= n_genes))
+        if len(out):
+            row = r0 + int(np.searchsorted(ip, out[0], side="right")) - 1
+            raise _bad(
+                path,
+                row,
+                label_of,
+                f"gene index {idx[out[0]]} outside 0..{n_genes - 1}",
+                "the matrix is damaged: download it again",
+            )
+        # Within a row, column indices must strictly increase; a step <= 0 at a row start is fine.
+        step = np.diff(idx)  # column indices < 2^31 - 1: no overflow in their own dtype
+        first_of_row = np.zeros(len(idx), dtype=bool)
+        first_of_row[ip[:-1][ip[:-1] < len(idx)]] = True
+        badpos = np.flatnonzero((step <= 0) & ~first_of_row[1:]) + 1
+        if len(badpos):
+            row = r0 + int(np.searchsorted(ip, badpos[0], side="right")) - 1
+            kind = "duplicate" if idx[badpos[0]] == idx[badpos[0] - 1] else "unsorted"
+            raise _bad(
+                path,
+                row,
+                label_of,
+                f"{kind} gene index {idx[badpos[0]]} within the row",
+                "CSR rows must have sorted, unique column indices: re-write the file with anndata",
+            )
+    return values
+
+
+STAGED = (("gene", np.uint16), ("cell", np.int32), ("count", np.int32))  # one file per column
+
+
+def _staged(staging: Path, k: int, tag: str, column: str) -> Path:
+    return staging / f"b{k:04d}.{tag}.{column}"
+
+
+def scatter(path: Path, plan: BucketPlan, r0: int, r1: int, staging: Path, tag: str, progress=None) -> dict:
+    """Pass 1 for rows [r0, r1): per-bucket staging files, per-cell totals, per-bucket source stats.
+
+    Each CSR block is sorted by gene (a stable radix sort on uint16 keeps cell order inside a gene) and
+    appended to its buckets' files as one run per gene; the block lengths go to `b<K>.<tag>.blocks.npy`
+    so the sort pass can merge runs without sorting again.
+    """
+    if plan.n_genes > 65_536:
+        raise ReleaseError(
+            f"{path}: {plan.n_genes} genes; staging keys are 16-bit (at most 65,536 genes)", path=path
+        )
+    staging.mkdir(parents=True, exist_ok=True)
+    files: dict[int, list] = {}
+    blocks: dict[int, list[int]] = {}
+    stats = [BucketStats() for _ in range(plan.n_buckets)]
+    totals = np.zeros(r1 - r0, dtype=np.int64)
+    detected = np.zeros(r1 - r0, dtype=np.int32)
+    bucket_starts = np.arange(plan.n_buckets + 1, dtype=np.int64) * plan.genes_per_bucket
+    try:
+        with CsrReader(path) as m:
+            if m.shape[1] != plan.n_genes:
+                raise ReleaseError(f"{path}: {m.shape[1]} genes, expected {plan.n_genes}", path=path)
+            indptr = m.indptr()
+            if (np.diff(indptr) < 0).any():
+                row = int(np.flatnonzero(np.diff(indptr) < 0)[0])
+                raise _bad(path, row, None, "X/indptr decreases", "the matrix is damaged: download it again")
+            if indptr[-1] != m.nnz:
+                raise ReleaseError(
+                    f"{path}: X/indptr ends at {indptr[-1]} but X/data holds {m.nnz} values; "
+                    "the file is truncated: download it again",
+                    path=path,
+                )
+            for a, b in _blocks(indptr, r0, r1, SCATTER_BLOCK_NNZ):
+                lo, hi = int(indptr[a]), int(indptr[b])
+                try:
+                    data = m.data[lo:hi]
+                    idx = m.indices[lo:hi]
+                except (OSError, RuntimeError) as e:
+                    raise ReleaseError(
+                        f"{path}: rows {a}..{b - 1} cannot be read ({e}); the file is damaged "
+                        "or truncated: download it again",
+                        path=path,
+                        key=a,
+                    ) from e
+                ip = indptr[a : b + 1] - lo
+                values = validate_block(path, a, ip, data, idx, plan.n_genes, m.obs_label)
+                per_row = np.diff(ip)
+                nonempty = np.flatnonzero(per_row)
+                if len(nonempty):  # exact integer row sums; reduceat would misreport empty rows, so skip them
+                    totals[a - r0 + nonempty] = np.add.reduceat(values, ip[nonempty])
+                detected[a - r0 : b - r0] = per_row
+                block = sp.csr_matrix((values.astype(np.int32), idx, ip), shape=(b - a, plan.n_genes))
+                _stage_block(plan, block, a, bucket_starts, staging, tag, files, blocks, stats)
+                if progress is not None:
+                    progress(hi - lo)
+    finally:
+        for handles in files.values():
+            for f in handles:
+                f.close()
+    for k, sizes in blocks.items():
+        np.save(staging / f"b{k:04d}.{tag}.blocks.npy", np.asarray(sizes, dtype=np.int64))
+    if totals.size and totals.max() >= 2**31:
+        raise ReleaseError(
+            f"{path}: a cell has more than 2^31 UMIs; this is not a raw count matrix", path=path
+        )
+    np.save(staging / f"totals.{tag}.npy", totals)
+    np.save(staging / f"detected.{tag}.npy", detected)
+    return {"stats": [asdict(s) for s in stats]}
+
+
+def _stage_block(
+    plan, block: sp.csr_matrix, first_row: int, bucket_starts, staging, tag, files, blocks, stats
+) -> None:
+    # CSR -> CSC is a counting sort in scipy's C++ (13 ns per non-zero, against 57 for a numpy radix
+    # argsort and three gathers): it yields the block in (gene, cell) order, cells sorted within a gene.
+    csc = block.tocsc()
+    gene_ptr = csc.indptr.astype(np.int64)
+    cells32 = csc.indices.astype(np.int32, copy=False) + np.int32(first_row)
+    values32 = csc.data
+    bounds = gene_ptr[np.minimum(bucket_starts, plan.n_genes)]
+    sizes = np.diff(bounds)
+    per_gene = np.diff(gene_ptr)
+    offsets = np.repeat((np.arange(plan.n_genes) % plan.genes_per_bucket).astype(np.uint16), per_gene)
+    # Source statistics per bucket, as exact integers (bincount's float weights could round past 2^53).
+    present = np.flatnonzero(sizes)
+    at = bounds[present]
+    wide = values32.astype(np.int64)
+    sum_v = np.add.reduceat(wide, at)
+    sum_c = np.add.reduceat(cells32.astype(np.int64), at)
+    expressed = np.flatnonzero(per_gene)
+    gene_sums = np.zeros(plan.n_genes, dtype=np.int64)
+    gene_sums[expressed] = np.add.reduceat(wide, gene_ptr[expressed])
+    weighted = np.arange(plan.n_genes, dtype=np.int64) * gene_sums
+    for i, k in enumerate(present):
+        k = int(k)
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        if k not in files:
+            files[k] = [open(_staged(staging, k, tag, name), "wb") for name, _ in STAGED]
+            blocks[k] = []
+        f_gene, f_cell, f_count = files[k]
+        offsets[lo:hi].tofile(f_gene)
+        cells32[lo:hi].tofile(f_cell)
+        values32[lo:hi].tofile(f_count)
+        blocks[k].append(hi - lo)
+        s = stats[k]
+        s.nnz += hi - lo
+        s.sum += int(sum_v[i])
+        s.cell_sum += int(sum_c[i])
+        s.gene_weighted += int(weighted[bucket_starts[k] : min(bucket_starts[k + 1], plan.n_genes)].sum())
+
+
+def sort_bucket(plan: BucketPlan, k: int, staging: Path, tags: list[str], out: Path) -> int:
+    """Pass 2 for bucket k: merge its gene-sorted staging runs into (gene, cell) order; write `out`.
+
+    Rows of one gene arrive in cell order (scatter blocks in row order, tags in row order), so each run
+    is copied to the next free place of its gene: a counting sort with sequential writes, no comparison.
+    """
+    g0, g1 = plan.gene_range(k)
+    width = g1 - g0
+    tags = [t for t in tags if _staged(staging, k, t, "gene").exists()]
+    if not tags and out.exists():
+        # Killed after the file was published and its staging removed, before the state was saved: done.
+        return pq.ParquetFile(out).metadata.num_rows
+    counts = np.zeros(width, dtype=np.int64)
+    for t in tags:
+        for genes, _, _, _ in _read_runs(staging, k, t, columns=("gene",)):
+            counts += np.bincount(genes, minlength=width)
+    n = int(counts.sum())
+    cells_out = np.empty(n, dtype=np.int32)
+    values_out = np.empty(n, dtype=np.int32)
+    fill = np.cumsum(counts) - counts
+    for t in tags:
+        for genes, cells, values, block_sizes in _read_runs(staging, k, t):
+            m = len(genes)
+            if m == 0:
+                continue
+            block_id = np.repeat(np.arange(len(block_sizes)), block_sizes)
+            key = block_id * width + genes
+            starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+            lengths = np.diff(np.concatenate([starts, [m]]))
+            run_gene = genes[starts].astype(np.int64)
+            # A run's place: its gene's next free slot plus the rows of that gene in earlier runs here.
+            by_gene = np.argsort(run_gene, kind="stable")
+            g_sorted, len_sorted = run_gene[by_gene], lengths[by_gene]
+            before = np.cumsum(len_sorted) - len_sorted
+            first = np.searchsorted(g_sorted, g_sorted, side="left")
+            run_dest = np.empty(len(starts), dtype=np.int64)
+            run_dest[by_gene] = fill[g_sorted] + before - before[first]
+            dest = np.repeat(run_dest - starts, lengths) + np.arange(m)
+            cells_out[dest] = cells
+            values_out[dest] = values
+            fill += np.bincount(genes, minlength=width)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".parquet.tmp")
+    write_parquet(tmp, g0, counts, cells_out, values_out)
+    os.replace(tmp, out)
+    for t in tags:
+        for name, _ in STAGED:
+            _staged(staging, k, t, name).unlink()
+        (staging / f"b{k:04d}.{t}.blocks.npy").unlink()
+    return n
+
+
+def _read_runs(staging: Path, k: int, tag: str, columns=("gene", "cell", "count")):
+    """Yield (genes, cells, counts, block sizes) for groups of whole scatter blocks of ~SORT_BLOCK rows."""
+    sizes = np.load(staging / f"b{k:04d}.{tag}.blocks.npy")
+    handles = {name: open(_staged(staging, k, tag, name), "rb") for name, _ in STAGED if name in columns}
+    dtypes = dict(STAGED)
+    try:
+        i = 0
+        while i < len(sizes):
+            j = i + 1
+            total = int(sizes[i])
+            while j < len(sizes) and total + int(sizes[j]) <= SORT_BLOCK:
+                total += int(sizes[j])
+                j += 1
+            arrays = {name: np.fromfile(h, dtype=dtypes[name], count=total) for name, h in handles.items()}
+            yield arrays.get("gene"), arrays.get("cell"), arrays.get("count"), sizes[i:j]
+            i = j
+    finally:
+        for h in handles.values():
+            h.close()
+
+
+def write_parquet(path: Path, g0: int, counts: np.ndarray, cells: np.ndarray, values: np.ndarray) -> None:
+    """Write one bucket: gene_index g0.. repeated counts[i] times, with its cells and values, in row groups.
+
+    The gene column is made one slice of row groups at a time, so a bucket costs 8 bytes per row of
+    memory (cells and values), not 12.
+    """
+    schema = pa.schema([("gene_index", pa.int32()), ("cell_index", pa.int32()), ("raw_count", pa.int32())])
+    ends = np.cumsum(counts)
+    # zstd + Parquet V2 pages. cell_index: delta encoding (deltas are small within a gene: 30 MB instead of
+    # 55 MB per 20M rows in DESIGN.md's measurement). raw_count: dictionary + RLE (few distinct values).
+    # gene_index: PLAIN, because zstd squeezes its long constant runs as well as delta does, 10% faster
+    # (measured 29.8 vs 33.1 ns/row, same 0.853 bytes/row). BYTE_STREAM_SPLIT on raw_count was faster
+    # still, but DuckDB 1.x (as embedded by BI drivers; 1.5.6 tested) cannot read it on integers.
+    with pq.ParquetWriter(
+        path,
+        schema,
+        compression="zstd",
+        data_page_version="2.0",
+        use_dictionary=["raw_count"],
+        column_encoding={"gene_index": "PLAIN", "cell_index": "DELTA_BINARY_PACKED"},
+        write_statistics=True,
+    ) as writer:
+        step = ROW_GROUP * 16
+        for start in range(0, max(1, len(cells)), step):
+            stop = min(len(cells), start + step)
+            first = int(np.searchsorted(ends, start, side="right"))
+            last = int(np.searchsorted(ends, stop, side="left"))
+            local = counts[first : last + 1].copy()
+            if len(local):
+                local[0] = min(ends[first], stop) - start
+                if last > first:
+                    local[-1] = stop - (ends[last - 1])
+            genes = np.repeat(np.arange(g0 + first, g0 + first + len(local), dtype=np.int32), local)
+            writer.write_table(
+                pa.table([genes, cells[start:stop], values[start:stop]], schema=schema),
+                row_group_size=ROW_GROUP,
+            )
+
+
+def save_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,147 @@
+"""`hmba-db verify`: reconcile the store with the numbers taken from the source during the build.
+
+Every Parquet file is read back in full, in parallel processes, and checked against the build record:
+per species and bucket, the non-zero count, the sum of counts, the sum of cell indexes and the sum of
+gene_index x count (two position-sensitive checksums: a value moved to another cell or gene changes
+them); per cell, total counts and genes detected against the source rows' sums; and the layout: rows
+strictly increasing in (gene_index, cell_index), so sorted and free of duplicates, inside the bucket's
+gene range.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..errors import HmbaError
+from ..progress import worker_pool
+
+BATCH_ROWS = 4_000_000
+
+
+def _build_info(store: Path) -> dict:
+    path = Path(store) / "build.json"
+    if not path.exists():
+        raise HmbaError(
+            f"{path}: not found; {store} is not an hmba-db store (run hmba-db build first)", path=path
+        )
+    return json.loads(path.read_text())
+
+
+def _scan(
+    files: list[str], n_cells: int, per: int, n_genes: int
+) -> tuple[dict, np.ndarray, np.ndarray, list]:
+    """Worker: read whole files; return per-bucket stats, per-cell sums and counts, layout problems."""
+    cell_sum = np.zeros(n_cells, dtype=np.float64)  # exact: per-cell totals are < 2^31, far below 2^53
+    cell_n = np.zeros(n_cells, dtype=np.int64)
+    stats, problems = {}, []
+    for f in files:
+        k = int(Path(f).parent.name.split("=")[1])
+        lo, hi = k * per, min(n_genes, (k + 1) * per) - 1
+        total = [0, 0, 0, 0]
+        last_key, row = -1, 0
+        # Batches bound a worker's memory (~40 bytes per row of a batch) whatever the bucket's size.
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS):
+            g = batch.column("gene_index").to_numpy().astype(np.int64)
+            c = batch.column("cell_index").to_numpy().astype(np.int64)
+            v = batch.column("raw_count").to_numpy().astype(np.int64)
+            if len(v) == 0:
+                continue
+            total[0] += len(v)
+            total[1] += int(v.sum())
+            total[2] += int(c.sum())
+            total[3] += int((g * v).sum())
+            if g.min() < lo or g.max() > hi or c.min() < 0 or c.max() >= n_cells:
+                problems.append(
+                    f"bucket {k}: genes {g.min()}..{g.max()} or cells {c.min()}..{c.max()} outside "
+                    f"the bucket's genes {lo}..{hi} and cells 0..{n_cells - 1}"
+                )
+                break
+            key = g * n_cells + c
+            steps = np.diff(np.concatenate([[last_key], key]))
+            bad = np.flatnonzero(steps <= 0)
+            if len(bad):
+                i = int(bad[0])
+                kind = "duplicate" if steps[i] == 0 else "out of order"
+                problems.append(f"bucket {k}: row {row + i} (gene {g[i]}, cell {c[i]}) is {kind}")
+                break
+            last_key = int(key[-1])
+            row += len(v)
+            cell_sum += np.bincount(c, weights=v, minlength=n_cells)
+            cell_n += np.bincount(c, minlength=n_cells)
+        stats[k] = total
+    return stats, cell_sum, cell_n, problems
+
+
+def verify_store(store: Path, species: list[str] | None = None, jobs: int = 2) -> list[str]:
+    """Every disagreement between the store and its build record, one line each ([] means verified).
+
+    Example:
+        >>> verify_store(Path("data/store"))  # doctest: +SKIP
+        []
+    """
+    store = Path(store)
+    info = _build_info(store)
+    problems: list[str] = []
+    with worker_pool(jobs) as (pool, _):
+        for sp, meta in info["species"].items():
+            if species and sp not in species:
+                continue
+            problems += [f"{sp}: {p}" for p in _verify_species(pool, store, sp, meta, jobs)]
+    return problems
+
+
+def _verify_species(pool, store: Path, sp: str, meta: dict, jobs: int) -> list[str]:
+    files = sorted((store / "expression" / f"species={sp}").glob("gene_bucket=*/*.parquet"))
+    on_disk = {int(f.parent.name.split("=")[1]) for f in files}
+    if on_disk != set(range(meta["buckets"])):
+        missing = sorted(set(range(meta["buckets"])) - on_disk)
+        extra = sorted(on_disk - set(range(meta["buckets"])))
+        return [
+            f"bucket files missing for buckets {missing[:5]} or unexpected for {extra[:5]}; rebuild the store"
+        ]
+    totals_path = store / "tables" / "cell_totals" / f"{sp}.parquet"
+    src = pq.read_table(totals_path, columns=["total_counts", "genes_detected"])
+    want_sum = src.column("total_counts").to_numpy()
+    want_n = src.column("genes_detected").to_numpy()
+    n_cells = len(want_sum)
+    # Largest files first, dealt round-robin, so the workers finish together.
+    files = sorted(files, key=lambda f: -f.stat().st_size)
+    shares = [[str(f) for f in files[i :: max(1, jobs)]] for i in range(max(1, jobs))]
+    futures = [
+        pool.submit(_scan, share, n_cells, meta["genes_per_bucket"], meta["genes"]) for share in shares
+    ]
+    stats: dict[int, list[int]] = {}
+    have_sum = np.zeros(n_cells, dtype=np.float64)
+    have_n = np.zeros(n_cells, dtype=np.int64)
+    problems: list[str] = []
+    for fut in futures:
+        s, cs, cn, pr = fut.result()
+        stats.update(s)
+        have_sum += cs
+        have_n += cn
+        problems += pr
+    names = ("non-zeros", "sum of counts", "cell checksum", "gene checksum")
+    for k, want in enumerate(meta["bucket_stats"]):
+        expect = [want["nnz"], want["sum"], want["cell_sum"], want["gene_weighted"]]
+        for name, h, e in zip(names, stats.get(k, [0, 0, 0, 0]), expect, strict=True):
+            if h != e:
+                problems.append(f"bucket {k}: {name} {h:,} in the store, {e:,} in the source")
+    have_sum = have_sum.astype(np.int64)
+    for name, have, want in (("total counts", have_sum, want_sum), ("genes detected", have_n, want_n)):
+        bad = np.flatnonzero(have != want)
+        if len(bad):
+            c = int(bad[0])
+            problems.append(
+                f"{len(bad):,} cells' {name} differ from the source, first cell_index {c}: "
+                f"{have[c]:,} in the store, {want[c]:,} in the source"
+            )
+    if int(want_sum.sum()) != meta["sum"] or int(want_n.sum()) != meta["nnz"]:
+        problems.append(
+            f"{totals_path.name}: totals {int(want_sum.sum()):,} / {int(want_n.sum()):,} disagree with "
+            f"build.json's {meta['sum']:,} / {meta['nnz']:,}"
+        )
+    return problems
