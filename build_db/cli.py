@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import click
@@ -289,8 +291,6 @@ def verify(store, species):
 
         hmba-db verify data/store
     """
-    import json
-
     from .store.verify import verify_store
 
     problems = verify_store(store, list(_species(species) or ()))
@@ -348,9 +348,23 @@ def _emit(df, fmt: str) -> None:
     "--timeout", type=float, default=30.0, show_default=True, help="With --safe: seconds before stopping."
 )
 @click.option(
-    "--max-rows", type=int, default=100_000, show_default=True, help="With --safe: rows returned at most."
+    "--max-rows",
+    type=click.IntRange(min=0),
+    default=100_000,
+    show_default=True,
+    help="Rows returned at most with --safe, and shown by --format table (csv and json stream every row).",
 )
-def sql(store, query, fmt, safe, timeout, max_rows):
+@click.option(
+    "--memory-limit", default="2GB", show_default=True, help="With --safe: DuckDB memory the query may use."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="With --safe: threads the query may use.",
+)
+def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads):
     """Run SQL against the store's catalog (read-only) and print the result.
 
     SQL is a query string, or - to read it from stdin. With --safe the query is treated as untrusted
@@ -370,7 +384,9 @@ def sql(store, query, fmt, safe, timeout, max_rows):
     if safe:
         from .access.sandbox import run_safe
 
-        result = run_safe(store, query, timeout=timeout, max_rows=max_rows)
+        result = run_safe(
+            store, query, timeout=timeout, max_rows=max_rows, memory_limit=memory_limit, threads=threads
+        )
         _emit(result.frame, fmt)
         if result.truncated:
             click.echo(f"(stopped at {max_rows:,} rows: --max-rows)", err=True)
@@ -378,13 +394,63 @@ def sql(store, query, fmt, safe, timeout, max_rows):
     con = connect(store)
     try:
         rel = con.sql(query)
-        df = rel.df() if rel is not None else None
+        if rel is None:
+            click.echo("(statement ran; no result)", err=True)
+            return
+        _stream(rel.to_arrow_reader(STREAM_ROWS), fmt, max_rows)
     except duckdb.Error as e:
         raise click.ClickException(" ".join(str(e).split())) from e
-    if df is None:
-        click.echo("(statement ran; no result)", err=True)
+
+
+def _json_safe(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float) and v != v:
+            v = None
+        elif isinstance(v, Decimal):  # DuckDB's HUGEINT and DECIMAL arrive as decimals
+            v = int(v) if v == v.to_integral_value() else float(v)
+        out[k] = v
+    return out
+
+
+STREAM_ROWS = 65_536  # rows per Arrow batch written out: a few MB, whatever the result's size
+
+
+def _stream(reader, fmt: str, max_rows: int) -> None:
+    """Write a result batch by batch, so a result larger than memory never becomes one DataFrame: csv and
+    json stream every row; the aligned table needs all its rows at once, so it stops at max_rows."""
+    if fmt == "table":
+        import pyarrow as pa
+
+        batches, n = [], 0
+        for batch in reader:
+            batches.append(batch)
+            n += batch.num_rows
+            if n > max_rows:
+                break
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+        _emit(table.slice(0, max_rows).to_pandas(), fmt)
+        if n > max_rows:
+            click.echo(
+                f"(stopped at {max_rows:,} rows: --max-rows; --format csv streams every row)", err=True
+            )
         return
-    _emit(df, fmt)
+    first = True
+    if fmt == "json":
+        sys.stdout.write("[")
+    for batch in reader:
+        if batch.num_rows == 0:
+            continue
+        if fmt == "csv":
+            batch.to_pandas().to_csv(sys.stdout, index=False, header=first)
+        else:  # exact numbers: shortest round-trip floats, HUGEINT as an integer, NaN as null
+            rows = (json.dumps(_json_safe(r), default=str) for r in batch.to_pylist())
+            sys.stdout.write(("" if first else ",") + "\n" + ",\n".join(rows))
+        first = False
+    if fmt == "csv" and first:
+        click.echo(",".join(reader.schema.names))
+    if fmt == "json":
+        sys.stdout.write("\n]\n")
 
 
 @main.command()
@@ -396,8 +462,6 @@ def info(store):
 
         hmba-db info data/demo-store
     """
-    import json
-
     from .access.connect import connect
 
     con = connect(store)

@@ -196,6 +196,22 @@ def test_time_and_row_limits(store):
         run_safe(store, "select count(*) from expression a, expression b, expression c", timeout=0.5)
 
 
+def test_memory_and_thread_limits(store):
+    """The statement that reached 8.1 GB in 4 s without limits is stopped at the sandbox's memory cap."""
+    hungry = "select length(string_agg(repeat('x', 100000), '')) from expression_counts"
+    with pytest.raises(UnsafeQuery, match=r"needed more than the sandbox's .* memory limit and was stopped"):
+        run_safe(store, hungry, memory_limit="64MB")
+    con = safe_connect(store, memory_limit="300MB", threads=1)
+    assert con.execute("select current_setting('threads')").fetchone()[0] == 1
+    assert con.execute("select current_setting('memory_limit')").fetchone()[0] in ("286.1 MiB", "300.0 MB")
+    with pytest.raises(duckdb.Error, match="locked"):
+        con.execute("set memory_limit = '20GB'")
+    with pytest.raises(UnsafeQuery, match="bad sandbox limit"):
+        safe_connect(store, memory_limit="lots")
+    r = CliRunner().invoke(main, ["sql", str(store), "--safe", "--memory-limit", "64MB", hungry])
+    assert r.exit_code == 1 and "memory limit and was stopped" in r.output and "Traceback" not in r.output
+
+
 def test_cli_safe(store):
     r = CliRunner().invoke(main, ["sql", str(store), "--safe", "drop table cells"])
     assert r.exit_code == 1 and "Error: only SELECT queries are allowed" in r.output

@@ -3,6 +3,7 @@ notebook's answer equals a direct computation on the source h5ad, and any client
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -253,6 +254,31 @@ def test_sql_command_formats(store):
         "Error: Catalog Error: Table with name no_such_table does not"
     )
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_sql_streams_large_results(store):
+    """csv and json write batch by batch (every row); the aligned table stops at --max-rows and says so."""
+    con = connect(store)
+    nnz = con.execute("select count(*) from expression_counts").fetchone()[0]
+    assert nnz > 65_536  # more than one batch
+    r = CliRunner().invoke(main, ["sql", str(store), "--format", "csv", "select * from expression_counts"])
+    assert r.exit_code == 0 and r.stdout.count("\n") == nnz + 1
+    r = CliRunner().invoke(main, ["sql", str(store), "--format", "json", "select gene_index from expression"])
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == nnz
+    r = CliRunner().invoke(main, ["sql", str(store), "--max-rows", "5", "select cell_label from cells"])
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 6
+    assert "stopped at 5 rows: --max-rows" in r.stderr
+    r = CliRunner().invoke(
+        main,
+        [
+            "sql",
+            str(store),
+            "--format",
+            "json",
+            "select 1.5e-12 as tiny, 2::hugeint as big, 'nan'::double as nan",
+        ],
+    )
+    assert json.loads(r.stdout) == [{"tiny": 1.5e-12, "big": 2, "nan": None}]
 
 
 def test_info_command(store):
