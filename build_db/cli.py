@@ -237,23 +237,32 @@ def check(release, species, what, md5, version):
     "--species", default=None, help="Comma-separated species (default: every species with a raw matrix)."
 )
 @click.option(
-    "--jobs", type=int, default=2, show_default=True, help="Worker processes (the machine has 2 cores)."
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Worker processes (the machine has 2 cores).",
 )
 @click.option(
     "--bucket-nnz",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Target non-zeros per gene bucket (default 80,000,000: ~64 buckets for full Human).",
 )
 @click.option(
     "--bucket-genes",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="At most this many genes per bucket (default 1,024: keeps the sort cache-friendly).",
 )
 @click.option("--release", "version", default=R.VERSION, show_default=True, help="Release version.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace STORE even if that drops species it has or files a build did not write (listed otherwise).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, quiet):
+def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, force, quiet):
     """Build the store at STORE from the release directory RELEASE.
 
     Checks the release first, transposes each species' raw matrix into gene-bucketed Parquet sorted by
@@ -273,7 +282,9 @@ def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, quie
         species=_species(species),
         jobs=jobs,
         bucket_nnz=bucket_nnz or BUCKET_TARGET_NNZ,
+        **({"bucket_genes": bucket_genes} if bucket_genes else {}),
         version=version,
+        force=force,
         quiet=quiet,
     )
 

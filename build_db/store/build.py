@@ -26,6 +26,7 @@ from ..release.check import check_release
 from ..release.h5ad import CsrReader
 from ..release.manifest import Layout, read_manifest
 from .catalog import relocate, write_catalog
+from .guard import build_lock, check_disk, check_target
 from .metadata import MetadataBuilder
 from .paths import bucket_file, staging_dir
 from .stats import build_stats
@@ -65,16 +66,21 @@ def build(
     bucket_nnz: int = BUCKET_TARGET_NNZ,
     bucket_genes: int = MAX_BUCKET_GENES,
     version: str = R.VERSION,
+    force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
     """Build (or rebuild) the expression store at `store` from a release directory.
+
+    One build per store at a time (a lock beside it). A rebuild that would drop species the store has, or
+    a folder holding files a build did not write, is refused unless `force`.
 
     Example:
         >>> build(Path("data/release"), Path("data/store"))  # doctest: +SKIP
     """
     release, store = Path(release).absolute(), Path(store).absolute()
-    if store.exists() and not (store / "build.json").exists() and any(store.iterdir()):
-        raise HmbaError(f"{store} exists and is not an hmba-db store (no build.json); choose another path")
+    for name, value in (("--jobs", jobs), ("--bucket-nnz", bucket_nnz), ("--bucket-genes", bucket_genes)):
+        if value < 1:
+            raise HmbaError(f"{name} must be at least 1, got {value}")
     rep = Reporter(quiet)
     _, entries = read_manifest(release, version)
     lay = Layout(entries, version)
@@ -86,6 +92,14 @@ def build(
         raise ReleaseError(
             f"{release}: the manifest lists no raw matrix; download one (--what raw)", path=release
         )
+    check_target(store, species, force)
+    with build_lock(store):
+        return _build(release, store, species, entries, lay, jobs, bucket_nnz, bucket_genes, version, rep)
+
+
+def _build(
+    release, store, species, entries, lay, jobs, bucket_nnz, bucket_genes, version, rep
+) -> BuildResult:
     has_log2 = {s: (release / lay.matrix(s, "log2")).exists() for s in species}
     parts = ("raw", "metadata", "taxonomy") + (("log2",) if all(has_log2.values()) else ())
     rep.steps = 6 + 2 * len(species)
@@ -99,6 +113,11 @@ def build(
         rep.log(f"  note: {note}")
 
     staging = staging_dir(store)
+    largest = 0
+    for s in species:
+        with CsrReader(release / lay.matrix(s, "raw")) as m:
+            largest = max(largest, m.nnz)
+    check_disk(staging, largest)
     params = {
         "release": str(release),
         "version": version,

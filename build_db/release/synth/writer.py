@@ -19,7 +19,7 @@ from ...errors import HmbaError
 from ...progress import Reporter, run_pool, worker_pool
 from .. import layout as R
 from ..h5ad import INT32_LIMIT, CsrWriter
-from ..manifest import entry_for, write_manifest
+from ..manifest import entry_for, read_manifest, write_manifest
 from . import metadata as M
 from .bucket import write_bucket_neighbours
 from .model import gene_table, log2_cpm, sample_counts, species_model
@@ -79,8 +79,7 @@ def synth(
         raise HmbaError(f"unknown species {', '.join(unknown)}; choose from {', '.join(R.SPECIES)}")
     if raw_dtype not in R.RAW_DTYPES:
         raise HmbaError(f"--raw-dtype must be one of {', '.join(R.RAW_DTYPES)}")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise HmbaError(f"{out} already exists and is not empty; choose a new directory or pass --force")
+    _check_out(out, force)
     species = tuple(s for s in R.SPECIES if s in species)  # release order
     staging = out.with_name(out.name + ".partial")
     if staging.exists():
@@ -97,6 +96,34 @@ def synth(
     staging.rename(out)
     rep.log(f"release written to {out} in {rep.elapsed():.1f} s")
     return out
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """OUT must be new, empty, or (with force) a release: --force replaces a release, never other files."""
+    if out.exists() and not out.is_dir():
+        raise HmbaError(f"{out}: a file is there, not a folder; choose a folder path for the release")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
+        raise HmbaError(f"{out} already exists and is not empty; choose a new directory or pass --force")
+    listed = set()
+    for manifest in out.glob("releases/*/manifest.json"):
+        try:
+            listed |= {e.relative_path for e in read_manifest(out, manifest.parent.name)[1]}
+        except HmbaError:
+            pass
+        listed.add(str(manifest.relative_to(out)))
+    foreign = sorted(
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if p.is_file() and str(p.relative_to(out)) not in listed
+    )
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise HmbaError(
+            f"{out}: --force replaces a release, but {', '.join(foreign[:5])}{more} is not part of one; move "
+            "those files out or choose another directory"
+        )
 
 
 def _write(

@@ -1,0 +1,141 @@
+"""Nothing lost, one build at a time, early one-line errors: the build's and synth's guards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+
+import pytest
+from click.testing import CliRunner
+
+from build_db.cli import main
+from build_db.errors import HmbaError
+from build_db.release.synth import synth
+from build_db.store import guard
+from build_db.store.build import build
+
+MARMOSET = ("Marmoset",)
+
+
+@pytest.fixture(scope="module")
+def two_species_store(tiny_release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("guards") / "store"
+    return build(tiny_release, out, species=("Macaque", "Marmoset"), bucket_nnz=20_000, quiet=True).store
+
+
+def _species(store) -> set[str]:
+    return set(json.loads((store / "build.json").read_text())["species"])
+
+
+def test_a_second_build_says_who_holds_the_lock(tiny_release, tmp_path):
+    store = tmp_path / "store"
+    with guard.build_lock(store):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "build_db",
+                "build",
+                str(tiny_release),
+                str(store),
+                "--species",
+                "Marmoset",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert f"another build holds its lock (pid {os.getpid()} on " in line and "wait for it" in line
+    assert not store.exists()
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    store = tmp_path / "store"
+    code = (
+        "import sys, time; from build_db.store.guard import build_lock\n"
+        f"with build_lock({str(store)!r}):\n    print('held', flush=True); time.sleep(60)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    with pytest.raises(HmbaError, match=rf"another build holds its lock \(pid {p.pid} "):
+        with guard.build_lock(store):
+            pass
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=10)
+    with guard.build_lock(store):  # free again: a killed build leaves no stale lock
+        pass
+
+
+def test_narrower_species_needs_force(two_species_store, tiny_release):
+    with pytest.raises(HmbaError, match=r"has Macaque, which this build \(--species Marmoset\) would drop"):
+        build(tiny_release, two_species_store, species=MARMOSET, bucket_nnz=20_000, quiet=True)
+    assert _species(two_species_store) == {"Macaque", "Marmoset"}  # untouched
+
+
+def test_files_a_build_did_not_write_need_force(two_species_store, tiny_release, tmp_path):
+    mine = two_species_store / "my-notes.txt"
+    mine.write_text("keep me")
+    try:
+        r = CliRunner().invoke(main, ["build", str(tiny_release), str(two_species_store), "-q"])
+        assert r.exit_code == 1 and "Traceback" not in r.output
+        assert "holds my-notes.txt, which a build did not write; move them out, or pass --force" in r.output
+        assert mine.read_text() == "keep me" and _species(two_species_store) == {"Macaque", "Marmoset"}
+    finally:
+        mine.unlink()
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("x")
+    with pytest.raises(HmbaError, match=r"holds thesis.tex and is not an hmba-db store .* pass --force"):
+        build(tiny_release, folder, species=MARMOSET, quiet=True)
+    assert (folder / "thesis.tex").exists()
+
+
+def test_force_drops_species(tiny_release, tmp_path):
+    store = build(
+        tiny_release, tmp_path / "s", species=("Macaque", "Marmoset"), bucket_nnz=50_000, quiet=True
+    )
+    build(tiny_release, store.store, species=MARMOSET, bucket_nnz=50_000, force=True, quiet=True)
+    assert _species(store.store) == {"Marmoset"}
+
+
+def test_bad_targets_and_options_are_one_line(tiny_release, tmp_path, monkeypatch):
+    a_file = tmp_path / "store"
+    a_file.write_text("not a folder")
+    r = CliRunner().invoke(main, ["build", str(tiny_release), str(a_file)])
+    assert r.exit_code == 1 and "a file is there, not a folder" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["build", str(tiny_release), str(tmp_path / "x"), "--bucket-nnz", "-5"])
+    assert r.exit_code == 2 and "-5 is not in the range x>=1" in r.output
+    with pytest.raises(HmbaError, match="--bucket-genes must be at least 1"):
+        build(tiny_release, tmp_path / "y", bucket_genes=0)
+    monkeypatch.setattr(guard.os, "access", lambda *a: False)
+    with pytest.raises(HmbaError, match=r"not writable; build the store in a folder you can write to"):
+        build(tiny_release, tmp_path / "ro" / "store", species=MARMOSET, quiet=True)
+
+
+def test_disk_space_is_checked_before_long_work(tiny_release, tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(guard.shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 10**6, 10**6))
+    with pytest.raises(HmbaError, match=r"needs ~0\.\d GB of staging space .* 0\.0 GB is free"):
+        build(tiny_release, tmp_path / "store", species=MARMOSET, quiet=True)
+    assert not (tmp_path / "store").exists()
+
+
+def test_synth_force_replaces_a_release_never_other_files(tmp_path):
+    out = synth(tmp_path / "r", scale=0.0002, genes=200, quiet=True, species=MARMOSET)
+    synth(out, scale=0.0002, genes=200, quiet=True, species=MARMOSET, force=True)  # a release: replaced
+    (out / "my-analysis.ipynb").write_text("{}")
+    with pytest.raises(
+        HmbaError, match=r"--force replaces a release, but my-analysis.ipynb is not part of one"
+    ):
+        synth(out, scale=0.0002, genes=200, quiet=True, species=MARMOSET, force=True)
+    assert (out / "my-analysis.ipynb").exists()
+    start = time.monotonic()
+    r = CliRunner().invoke(main, ["synth", str(out / "my-analysis.ipynb")])
+    assert r.exit_code == 1 and "a file is there, not a folder" in r.output and time.monotonic() - start < 5
