@@ -139,3 +139,57 @@ def test_synth_force_replaces_a_release_never_other_files(tmp_path):
     start = time.monotonic()
     r = CliRunner().invoke(main, ["synth", str(out / "my-analysis.ipynb")])
     assert r.exit_code == 1 and "a file is there, not a folder" in r.output and time.monotonic() - start < 5
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_with_a_killed_build(tiny_release, tmp_path):
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "build_db",
+            "build",
+            str(tiny_release),
+            str(tmp_path / "s"),
+            "--bucket-nnz",
+            "2000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline, procs = time.monotonic() + 60, set()
+    while time.monotonic() < deadline and len(procs) < 4:  # fork server, queue manager, two workers
+        procs |= _descendants(p.pid)
+        time.sleep(0.05)
+    assert len(procs) >= 4 and p.poll() is None, "the build ended before its workers could be seen"
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(q) for q in procs):
+        time.sleep(0.1)
+    assert [q for q in procs if _alive(q)] == []
