@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from decimal import Decimal
@@ -45,11 +46,26 @@ def _genes(value: str) -> int | None:
 
 
 class _Group(click.Group):
+    """Every failure is one line (`Error: ...`, exit 1): our own errors, and the system's (a full disk, a
+    permission, memory) with what to do."""
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except HmbaError as e:
             raise click.ClickException(str(e)) from e
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            hint = {
+                errno.ENOSPC: "free space and run the same command again (a build or download resumes)",
+                errno.EACCES: "check the permissions, or choose another place",
+                errno.EROFS: "that file system is read-only; choose another place",
+            }.get(e.errno, "check the path and run again")
+            raise click.ClickException(f"{where}{e.strerror or e}; {hint}") from e
+        except MemoryError as e:
+            raise click.ClickException(
+                "out of memory; ask for less at once (a LIMIT, fewer genes or cells, --format csv)"
+            ) from e
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -588,6 +604,12 @@ def query(store, name, params, fmt, plot, show_sql):
     from .access.queries import execute, get_query, render
 
     q = get_query(name)
+    if plot:
+        if q.plot is None:
+            raise click.ClickException(f"query {name} has no picture (no '-- plot:' line)")
+        from .access.plots import plot_path
+
+        plot = plot_path(plot)  # before the query runs: a bad path costs nothing
     con = connect(store)
     rendered = render(con, q, _params(params))
     for note in rendered.notes:
@@ -601,8 +623,6 @@ def query(store, name, params, fmt, plot, show_sql):
     _emit(df, fmt)
     click.echo(f"({len(df):,} rows in {took * 1000:.0f} ms)", err=True)
     if plot:
-        if q.plot is None:
-            raise click.ClickException(f"query {name} has no picture (no '-- plot:' line)")
         from .access.plots import draw
 
         shown = {k: v for k, v in rendered.values.items() if k not in ("gene_indexes", "gene_buckets")}

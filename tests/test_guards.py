@@ -193,3 +193,107 @@ def test_workers_end_with_a_killed_build(tiny_release, tmp_path):
     while time.monotonic() < deadline and any(_alive(q) for q in procs):
         time.sleep(0.1)
     assert [q for q in procs if _alive(q)] == []
+
+
+def _damage_chunk(path, dataset: str) -> None:
+    """Flip bytes in the middle of a dataset's first stored chunk, as a bad disk or transfer would."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(b"\xff" * min(16, info.size // 2))
+
+
+@pytest.mark.parametrize("dataset", ["X/indptr", "obs/cell_label", "var/gene_identifier"])
+def test_damaged_chunk_is_one_line_in_check_and_build(release_copy, tmp_path, dataset):
+    from build_db.release import layout as R
+
+    from .conftest import restamp
+
+    rel = R.matrix_path("Marmoset", "raw")
+    _damage_chunk(release_copy / rel, dataset)
+    restamp(release_copy, rel)  # same size, new md5: only reading the chunk can tell
+    r = CliRunner().invoke(main, ["check", str(release_copy), "--species", "Marmoset"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"{rel}: " in r.stdout and "download it again" in r.stdout
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build_db",
+            "build",
+            str(release_copy),
+            str(tmp_path / "s"),
+            "--species",
+            "Marmoset",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert rel.rsplit("/", 1)[1] in line and "download it again" in line
+
+
+def test_catalog_held_for_writing_elsewhere_is_one_line(tiny_store):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(tiny_store / 'catalog.duckdb')!r}); "
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (["sql", str(tiny_store), "select 1"], ["query", str(tiny_store), "cells_per_level"]):
+            r = subprocess.run(
+                [sys.executable, "-m", "build_db", *args], capture_output=True, text=True, timeout=60
+            )
+            assert r.returncode == 1 and "Traceback" not in r.stderr
+            assert f"another program (pid {holder.pid}, " in r.stderr and "open for writing" in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "ftp://example.org/"])
+def test_bad_base_url_is_one_line(tmp_path, url):
+    r = CliRunner().invoke(main, ["download", str(tmp_path), "--base-url", url, "--dry-run"])
+    assert r.exit_code == 1 and "is not an http(s) address of a bucket" in r.output
+    assert "Traceback" not in r.output and not any(tmp_path.iterdir())
+
+
+def test_plot_paths_are_checked_before_the_query(tiny_store, tmp_path):
+    base = ["query", str(tiny_store), "cells_per_level", "--param", "species=Marmoset"]
+    r = CliRunner().invoke(main, [*base, "--plot", str(tmp_path / "p.foo")])
+    assert r.exit_code == 1 and "cannot draw a '.foo' file; use one of" in r.output and ".png" in r.output
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = CliRunner().invoke(main, [*base, "--plot", str(blocker / "p.png")])
+    assert r.exit_code == 1 and "cannot write the picture there" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, [*base, "--plot", str(tmp_path / "picture")])
+    assert r.exit_code == 0 and f"plot written to {tmp_path / 'picture.png'}" in r.output
+    assert (tmp_path / "picture.png").stat().st_size > 1000
+
+
+def test_a_full_disk_is_one_line(tiny_release, tmp_path, monkeypatch):
+    import errno
+
+    from build_db.store import build as build_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.parquet"))
+
+    monkeypatch.setattr(build_module, "build_stats", full)
+    r = CliRunner().invoke(
+        main, ["build", str(tiny_release), str(tmp_path / "s"), "--species", "Marmoset", "-q"]
+    )
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "x.parquet: No space left on device; free space and run the same command again" in r.output
+    assert not (tmp_path / "s").exists()

@@ -4,6 +4,7 @@ and where a connection's files are.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -52,17 +53,33 @@ def connect(
         )
     config = {"threads": threads} if threads else {}
     con = None
-    if not private:
-        try:
-            con = duckdb.connect(str(path), read_only=read_only, config=config)
-        except duckdb.ConnectionException as e:
-            if "different configuration" not in str(e):
-                raise
-            # Another library in this process (e.g. SQLAlchemy) holds the file with other settings.
-    if con is None:
-        con = duckdb.connect(":memory:", config=config)
-        con.execute(f"attach {sql_literal(path)} as catalog ({'read_only' if read_only else 'read_write'})")
-        con.execute("use catalog")
+    try:
+        if not private:
+            try:
+                con = duckdb.connect(str(path), read_only=read_only, config=config)
+            except duckdb.ConnectionException as e:
+                if "different configuration" not in str(e):
+                    raise
+                # Another library in this process (e.g. SQLAlchemy) holds the file with other settings.
+        if con is None:
+            con = duckdb.connect(":memory:", config=config)
+            con.execute(
+                f"attach {sql_literal(path)} as catalog ({'read_only' if read_only else 'read_write'})"
+            )
+            con.execute("use catalog")
+    except duckdb.IOException as e:
+        detail = " ".join(str(e).split())
+        if "lock" not in detail.lower():
+            raise HmbaError(
+                f"{path}: cannot open the catalog ({detail}); rebuild the store", path=path
+            ) from e
+        holder = re.search(r"held in (.+?) \(PID (\d+)\)", detail)
+        who = f" (pid {holder.group(2)}, {holder.group(1)})" if holder else ""
+        raise HmbaError(
+            f"{path}: another program{who} has the catalog open for writing; close it and retry (readers "
+            "never need write access)",
+            path=path,
+        ) from e
     con.execute(
         "set variable hmba_store = ?", [str(store)]
     )  # where the files are: analyses read them directly

@@ -6,6 +6,7 @@ one panel per value of COL on shared axes and one color scale.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,36 @@ def _panels(df: pd.DataFrame, facet: str | None) -> list[tuple[str, pd.DataFrame
     return [(str(k), df[df[facet] == k]) for k in _ordered(df[facet])] if facet else [("", df)]
 
 
+def plot_path(out: Path | str) -> Path:
+    """Where a picture will be written: `out` as given (no suffix means .png, said so in the returned path);
+    an unknown format or a place that cannot be written is a one-line error, checked before any work."""
+    out = Path(out)
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    matplotlib, plt = _plt()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if out.suffix[1:].lower() not in formats:
+        known = ", ".join("." + f for f in sorted(formats))
+        raise HmbaError(f"{out}: cannot draw a {out.suffix!r} file; use one of {known}")
+    if out.is_dir():
+        raise HmbaError(f"{out}: a folder is there; give a file name such as {out / 'plot.png'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(out, e) from e
+    if not os.access(out if out.exists() else out.parent, os.W_OK):
+        raise _unwritable(out, PermissionError(13, "Permission denied"))
+    return out
+
+
+def _unwritable(out: Path, e: OSError) -> HmbaError:
+    return HmbaError(f"{out}: cannot write the picture there ({e.strerror}); choose another path")
+
+
 def draw(df: pd.DataFrame, plot: Plot, title: str, out: Path) -> Path:
-    """Draw `df` as `plot` into `out` (the format follows the suffix: .png, .svg, .pdf)."""
+    """Draw `df` as `plot` into `out` (the format follows the suffix: .png, .svg, .pdf); returns the path
+    written."""
     missing = [c for k, c in plot.options.items() if k != "facet" and c not in df.columns]
     if plot.options.get("facet") and plot.options["facet"] not in df.columns:
         missing.append(plot.options["facet"])
@@ -41,12 +70,15 @@ def draw(df: pd.DataFrame, plot: Plot, title: str, out: Path) -> Path:
         raise HmbaError(f"cannot plot: the result has no column {', '.join(missing)}")
     if df.empty:
         raise HmbaError("cannot plot: the query returned no rows")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = plot_path(out)
     fig = {"heatmap": _grid, "dotplot": _grid, "scatter": _scatter, "bar": _bar}[plot.kind](df, plot)
     fig.suptitle(title, y=1.0 + 0.3 / fig.get_figheight())  # above any panel titles
-    fig.savefig(out, dpi=150, bbox_inches="tight")
-    _plt()[1].close(fig)
+    try:
+        fig.savefig(out, dpi=150, bbox_inches="tight")
+    except OSError as e:
+        raise _unwritable(out, e) from e
+    finally:
+        _plt()[1].close(fig)
     return out
 
 

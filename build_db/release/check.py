@@ -240,6 +240,8 @@ def _check_matrices(
                     report.shapes[f"{s}/{kind}"] = m.shape
             except ReleaseError as e:
                 problems.append(Problem(rel, str(e).split(": ", 1)[1] if ": " in str(e) else str(e)))
+            except OSError as e:  # h5py on a damaged chunk read directly here
+                problems.append(Problem(rel, f"cannot be read ({' '.join(str(e).split())}); {REDOWNLOAD}"))
         if len(seen) == 2 and seen["raw"] != seen["log2"]:
             problems.append(
                 Problem(

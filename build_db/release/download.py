@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +59,18 @@ class Plan:
     @property
     def bytes_to_fetch(self) -> int:
         return sum(e.size for e in self.todo) - self.partial_bytes
+
+
+def _check_base_url(base_url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise DownloadError(
+            f"--base-url {base_url!r} is not an http(s) address of a bucket; e.g. {R.BUCKET_URL}"
+        )
 
 
 def _url(base: str, relative_path: str) -> str:
@@ -296,7 +309,10 @@ def download(
         >>> download(Path("data/real-release"), species=("Marmoset",))  # doctest: +SKIP
     """
     dest = Path(dest)
+    _check_base_url(base_url)
     rep = Reporter(quiet)
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"{dest}: a file is there, not a folder; choose a folder for the download")
     dest.mkdir(parents=True, exist_ok=True)
     listed = fetch_manifest(base_url, version, dest, timeout, retries, backoff)
     mark_manifest_used(dest, version)

@@ -7,6 +7,7 @@ attributes, `obs`/`var` dataframes with `_index`), so anndata itself reads what 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -169,6 +170,28 @@ def read_strings(group: h5py.Group, name: str) -> np.ndarray:
     return obj.asstr()[...].astype(object)
 
 
+def _damaged(what: str):
+    """Turn h5py's errors on a damaged chunk (a failed inflate, a bad checksum) into one ReleaseError line
+    naming the file and the dataset."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def read(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except (OSError, KeyError, ValueError) as e:
+                detail = " ".join(str(e).split()) or type(e).__name__
+                raise ReleaseError(
+                    f"{self.path}: {what} cannot be read ({detail}); the file is damaged: delete it and "
+                    "download it again",
+                    path=self.path,
+                ) from e
+
+        return read
+
+    return wrap
+
+
 class CsrReader:
     """Row-range access to an h5ad's CSR `X` without reading the whole matrix.
 
@@ -233,12 +256,15 @@ class CsrReader:
     def nnz(self) -> int:
         return int(self.data.shape[0])
 
+    @_damaged("X/indptr")
     def indptr(self) -> np.ndarray:
         return self.indptr_ds[...].astype(np.int64)
 
+    @_damaged("obs (the cell labels)")
     def obs_names(self) -> np.ndarray:
         return read_strings(self.f["obs"], self.obs_index_name)
 
+    @_damaged("obs (the cell labels)")
     def obs_label(self, row: int) -> str:
         ds = self.f["obs"][self.obs_index_name]
         if isinstance(ds, h5py.Group):  # categorical index
@@ -246,15 +272,18 @@ class CsrReader:
         v = ds[row]
         return v.decode() if isinstance(v, bytes) else str(v)
 
+    @_damaged("var (the gene identifiers)")
     def var_names(self) -> np.ndarray:
         return read_strings(self.f["var"], self.var_index_name)
 
+    @_damaged("a var column")
     def var_column(self, name: str) -> np.ndarray:
         return read_strings(self.f["var"], name)
 
     def var_columns(self) -> list[str]:
         return [k for k in self.f["var"].keys() if k != self.var_index_name]
 
+    @_damaged("X (data, indices or indptr)")
     def rows(self, start: int, stop: int, indptr: np.ndarray | None = None) -> sp.csr_matrix:
         """Rows [start, stop) as CSR; pass the whole indptr (from indptr()) to avoid re-reading it."""
         if indptr is None:
