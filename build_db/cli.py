@@ -224,17 +224,23 @@ def check(release, species, what, md5, version):
     """Validate a release directory before any long work; exit 0 when clean, 1 otherwise.
 
     Checks the manifest (our two directories of it), every file's presence and size (md5 with --md5), CSV
-    headers, h5ad structure, and that matrices agree with the metadata. One line per problem, naming the
-    file and the fix; `note:` lines say what is fine but worth knowing (files of other datasets ignored,
-    matrix cells that cell_metadata.csv leaves out, optional columns absent).
+    headers, h5ad structure, that matrices agree with the metadata, and the metadata's own consistency
+    (keys unique, foreign keys resolving, values typed, the taxonomy a tree both taxonomy files agree on).
+    One line per problem, naming the file and the fix; `note:` lines say what is fine but worth knowing
+    (files of other datasets ignored, matrix cells that cell_metadata.csv leaves out, optional columns
+    absent).
 
     Example:
 
         hmba-db check data/release --species Marmoset --md5
     """
     from .release.check import check_release
+    from .store.metadata import check_metadata
 
-    report = check_release(release, species=_species(species), parts=_parts(what), md5=md5, version=version)
+    report = check_release(
+        release, species=_species(species), parts=_parts(what), md5=md5, version=version, keep_cells=True
+    )
+    check_metadata(report, version)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for p in report.problems:

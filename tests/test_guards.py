@@ -297,3 +297,82 @@ def test_a_full_disk_is_one_line(tiny_release, tmp_path, monkeypatch):
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "x.parquet: No space left on device; free space and run the same command again" in r.output
     assert not (tmp_path / "s").exists()
+
+
+def _rewrite(release, spec, change) -> None:
+    import pandas as pd
+
+    from .conftest import restamp
+
+    df = pd.read_csv(release / spec.relative_path(), dtype=str, keep_default_na=False)
+    change(df)
+    df.to_csv(release / spec.relative_path(), index=False)
+    restamp(release, spec.relative_path())
+
+
+def _move_group(df) -> None:
+    """Move a Group under another Subclass in the term table only (the membership file keeps the old path)."""
+    groups = df[df.cluster_annotation_term_set_name == "Group"]
+    subclasses = df[df.cluster_annotation_term_set_name == "Subclass"].label.tolist()
+    i = groups.index[0]
+    df.loc[i, "parent_term_label"] = next(s for s in subclasses if s != df.loc[i, "parent_term_label"])
+
+
+def _skip_a_level(df) -> None:
+    groups = df.index[df.cluster_annotation_term_set_name == "Group"]
+    classes = df[df.cluster_annotation_term_set_name == "Class"].label.tolist()
+    df.loc[groups[0], "parent_term_label"] = classes[0]
+
+
+EARLY = {
+    "group moved to another subclass": (
+        "TERM",
+        _move_group,
+        r"cluster \S+ puts CS20250428_GROUP_\d+ under CS20250428_SUBCL_\d+, but cluster_annotation_term.csv "
+        r"gives CS20250428_GROUP_\d+ the parent CS20250428_SUBCL_\d+",
+    ),
+    "parent two levels up": (
+        "TERM",
+        _skip_a_level,
+        r"term CS20250428_GROUP_\d+ \(Group\) has parent CS20250428_CLASS_\d+ \(Class\); "
+        "a term's parent must be at the level just above it",
+    ),
+    "bad umi_count": (
+        "CELL_METADATA",
+        lambda d: d.__setitem__("umi_count", ["many"] + list(d.umi_count[1:])),
+        r"column umi_count has 'many' for cell_label \S+, expected double",
+    ),
+    "unknown library": (
+        "CELL_METADATA",
+        lambda d: d.__setitem__("library_label", ["L-NOWHERE"] + list(d.library_label[1:])),
+        r"cell \S+ names library L-NOWHERE, which library.csv does not list",
+    ),
+    "unknown cluster alias": (
+        "CELL_MEMBERSHIP",
+        lambda d: d.__setitem__("cluster_alias", ["Human-99999"] + list(d.cluster_alias[1:])),
+        r"names cluster alias Human-99999, which cluster.csv does not list",
+    ),
+    "duplicate cell label": (
+        "CELL_METADATA",
+        lambda d: d.__setitem__("cell_label", [d.cell_label[1]] + list(d.cell_label[1:])),
+        r"cell_label \S+ appears 2 times",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", EARLY)
+def test_metadata_defects_are_found_by_check_before_long_work(release_copy, tmp_path, name):
+    import re
+
+    from build_db.release import layout as R
+    from build_db.store.paths import staging_dir
+
+    spec, change, message = EARLY[name]
+    _rewrite(release_copy, getattr(R, spec), change)
+    r = CliRunner().invoke(main, ["check", str(release_copy)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    (line,) = r.stdout.splitlines()
+    assert re.search(message, line), line
+    with pytest.raises(HmbaError, match=message):
+        build(release_copy, tmp_path / "store", quiet=True)
+    assert not staging_dir(tmp_path / "store").exists()  # stopped before the transposition began

@@ -43,6 +43,8 @@ class CheckReport:
     # Per species: matrix cells that cell_metadata.csv leaves out, and its rows with no matrix cell.
     cells_outside_metadata: dict[str, int] = field(default_factory=dict)
     metadata_rows_without_cell: dict[str, int] = field(default_factory=dict)
+    # With keep_cells: each raw matrix's cell labels in row order, for the metadata's own checks.
+    cell_labels: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -56,6 +58,7 @@ def check_release(
     parts: tuple[str, ...] = R.PARTS,
     md5: bool = False,
     version: str = R.VERSION,
+    keep_cells: bool = False,
 ) -> CheckReport:
     """Validate a release tree; returns every problem found (an empty list means ready to build).
 
@@ -138,7 +141,7 @@ def check_release(
             if header_problem:
                 problems.append(header_problem)
     report = CheckReport(release, tuple(species), tuple(parts), len(present), problems, {}, notes)
-    problems += _check_matrices(release, species, parts, present, csv_ok, lay, report)
+    problems += _check_matrices(release, species, parts, present, csv_ok, lay, report, keep_cells)
     return report
 
 
@@ -208,7 +211,7 @@ def _check_header(path: Path, rel: str, spec: R.CsvSpec, notes: list[str]) -> Pr
 
 
 def _check_matrices(
-    release, species, parts, present, csv_ok, lay: Layout, report: CheckReport
+    release, species, parts, present, csv_ok, lay: Layout, report: CheckReport, keep_cells: bool
 ) -> list[Problem]:
     problems: list[Problem] = []
     meta_cells = None  # cell_label -> feature_matrix_label
@@ -236,7 +239,7 @@ def _check_matrices(
                     seen[kind] = (m.shape, m.nnz)
                     problems += _check_one_matrix(m, rel, kind, s, gene_ids, lay)
                     if kind == "raw" and meta_cells is not None:
-                        problems += _check_cells(m, rel, s, meta_cells, lay, report)
+                        problems += _check_cells(m, rel, s, meta_cells, lay, report, keep_cells)
                     report.shapes[f"{s}/{kind}"] = m.shape
             except ReleaseError as e:
                 problems.append(Problem(rel, str(e).split(": ", 1)[1] if ": " in str(e) else str(e)))
@@ -253,11 +256,15 @@ def _check_matrices(
     return problems
 
 
-def _check_cells(m: CsrReader, rel, species, meta_cells: pd.DataFrame, lay: Layout, report) -> list[Problem]:
+def _check_cells(
+    m: CsrReader, rel, species, meta_cells: pd.DataFrame, lay: Layout, report, keep_cells: bool
+) -> list[Problem]:
     """Matrix cells against cell_metadata.csv. ABC matrices may hold cells that cell_metadata leaves out
     (cells that failed QC, DATASET.md section 3.1): counted, never a problem, unless no cell at all is
     shared, which means the two files are from different releases."""
     labels = pd.Index(m.obs_names())
+    if keep_cells:
+        report.cell_labels[species] = list(labels)
     stem = R.matrix_stem(species)
     listed = meta_cells.cell_label[meta_cells.feature_matrix_label == stem]
     outside = int((~labels.isin(meta_cells.cell_label)).sum())

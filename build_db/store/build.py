@@ -27,7 +27,7 @@ from ..release.h5ad import CsrReader
 from ..release.manifest import Layout, read_manifest
 from .catalog import relocate, write_catalog
 from .guard import build_lock, check_disk, check_target
-from .metadata import MetadataBuilder
+from .metadata import MetadataBuilder, check_metadata
 from .paths import bucket_file, staging_dir
 from .stats import build_stats
 from .transpose import (
@@ -104,7 +104,9 @@ def _build(
     parts = ("raw", "metadata", "taxonomy") + (("log2",) if all(has_log2.values()) else ())
     rep.steps = 6 + 2 * len(species)
     rep.step(f"check the release ({', '.join(species)})")
-    report = check_release(release, species=species, parts=parts, version=version)
+    report = check_metadata(
+        check_release(release, species=species, parts=parts, version=version, keep_cells=True), version
+    )
     if not report.ok:
         first = report.problems[0]
         more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""

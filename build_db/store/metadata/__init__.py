@@ -8,7 +8,14 @@ cell_metadata, taxonomy rows for cells of species not built) are counted in the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ...errors import ReleaseError
 from ...release import layout as R
+from ...release.check import CheckReport, Problem
 from .. import schema as S
 from .cells import build_cells
 from .donors import build_donors
@@ -20,8 +27,34 @@ from .views import MetadataViews, sql_literal
 class MetadataBuilder(MetadataViews):
     """Runs the metadata steps in order and writes the Parquet tables; `build()` returns the report."""
 
-    def build(self) -> dict:
-        tables = self.store / "tables"
+    def validate(self, cells: dict[str, list[str]]) -> dict:
+        """The same checks as `build()` on the CSVs alone, for `check` (before any long work): `cells` is
+        each matrix's cell labels in row order; nothing is written. Raises ReleaseError on the first
+        problem; returns the report."""
+        self._load_all()
+        frame = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "species": sp,
+                        "cell_index": np.arange(len(labels), dtype=np.int32),
+                        "cell_label": labels,
+                        "total_counts": pd.array([None] * len(labels), dtype="Int64"),
+                        "genes_detected": pd.array([None] * len(labels), dtype="Int32"),
+                    }
+                )
+                for sp, labels in cells.items()
+            ]
+        )
+        self.con.register("matrix_cells_frame", frame)
+        self.con.execute("create temp view matrix_cells as select * from matrix_cells_frame")
+        build_donors(self)
+        build_taxonomy(self)
+        build_cells(self)
+        self.report["notes"] = self.notes
+        return self.report
+
+    def _load_all(self) -> None:
         for spec, view in [
             (R.CELL_METADATA, "cm"),
             (R.DONOR, "donor_csv"),
@@ -37,6 +70,10 @@ class MetadataBuilder(MetadataViews):
             (R.ABBREVIATION_MAP, "abbr_map_csv"),
         ]:
             self.load(spec, view)
+
+    def build(self) -> dict:
+        tables = self.store / "tables"
+        self._load_all()
         totals = ", ".join(sql_literal(tables / "cell_totals" / f"{s}.parquet") for s in self.species)
         self.con.execute(f"create temp view matrix_cells as select * from read_parquet([{totals}])")
         build_donors(self)
@@ -50,3 +87,31 @@ class MetadataBuilder(MetadataViews):
             )
         self.report["notes"] = self.notes
         return self.report
+
+
+def check_metadata(report: CheckReport, version: str = R.VERSION) -> CheckReport:
+    """Add the metadata's internal consistency to a clean `check_release(..., keep_cells=True)` report:
+    keys unique, foreign keys resolving, values typed, the taxonomy a tree that both taxonomy files agree
+    on. The CSVs alone are read (a few seconds at full scale), so `hmba-db check` and the build's first
+    step find these before any long work."""
+    if not report.ok or not {"metadata", "taxonomy"} <= set(report.parts) or not report.cell_labels:
+        return report
+    try:
+        found = MetadataBuilder(report.release, report.release, list(report.species), version).validate(
+            report.cell_labels
+        )
+    except ReleaseError as e:
+        report.cell_labels = {}
+        where = str(e.path) if e.path else str(report.release)
+        message = str(e)
+        if message.startswith(where + ": "):
+            message = message[len(where) + 2 :]
+        try:
+            where = str(Path(where).relative_to(report.release))
+        except ValueError:
+            pass
+        report.problems.append(Problem(where, message))
+        return report
+    report.cell_labels = {}  # ~100 bytes a cell: not to be held through a build
+    report.notes += [n for n in found.get("notes", []) if n not in report.notes]
+    return report

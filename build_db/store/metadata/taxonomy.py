@@ -30,6 +30,20 @@ def build_taxonomy(m: MetadataViews) -> None:
         "term {0} has parent {1}, which is not a term; download the taxonomy again",
         R.TERM,
     )
+    # A tree: each term's parent one level up, only the top level without a parent.
+    m.fail_if(
+        "select t.term_label, t.level, p.term_label, p.level from terms t join terms p "
+        "on p.term_label = t.parent_term_label where p.level_order <> t.level_order - 1 limit 1",
+        "term {0} ({1}) has parent {2} ({3}); a term's parent must be at the level just above it: "
+        "download the taxonomy again",
+        R.TERM,
+    )
+    m.fail_if(
+        "select term_label, level from terms where parent_term_label is null "
+        "and level_order > (select min(level_order) from terms) limit 1",
+        "term {0} ({1}) has no parent; only the top level's terms are roots: download the taxonomy again",
+        R.TERM,
+    )
     n_cells = m.typed("cluster_csv", R.CLUSTER, "number_of_cells", "INTEGER", "label")
     m.unique(
         "cluster_csv",
@@ -49,6 +63,34 @@ def build_taxonomy(m: MetadataViews) -> None:
         "cluster_annotation_term_label not in (select term_label from terms) limit 1",
         "cluster {0} names term {1}, which cluster_annotation_term.csv does not list",
         R.CLUSTER_MEMBERSHIP,
+    )
+    # Each cluster's path is the same in both files: its membership term at every level is the term table's
+    # parent of its term one level down, at the level the membership names, ending at its own label.
+    m.fail_if(
+        "select a.cluster_alias, a.cluster_annotation_term_label, a.cluster_annotation_term_set_name, "
+        "t.level from ctc_csv a join terms t on t.term_label = a.cluster_annotation_term_label "
+        "where t.level <> a.cluster_annotation_term_set_name limit 1",
+        "cluster {0} names {1} as its {2} term, but {1} is a {3} term; download the taxonomy again",
+        R.CLUSTER_MEMBERSHIP,
+    )
+    m.fail_if(
+        "select a.cluster_alias, a.cluster_annotation_term_label, b.cluster_annotation_term_label, "
+        "t.parent_term_label from ctc_csv a join terms t on t.term_label = a.cluster_annotation_term_label "
+        "join ctc_csv b on b.cluster_alias = a.cluster_alias "
+        "join terms tb on tb.term_label = b.cluster_annotation_term_label "
+        "and tb.level_order = t.level_order - 1 "
+        "where t.parent_term_label is distinct from b.cluster_annotation_term_label limit 1",
+        "cluster {0} puts {1} under {2}, but cluster_annotation_term.csv gives {1} the parent {3}; the "
+        "two taxonomy files disagree: download the taxonomy again",
+        R.CLUSTER_MEMBERSHIP,
+    )
+    m.fail_if(
+        "select k.cluster_alias, k.label, a.cluster_annotation_term_label from cluster_csv k "
+        "join ctc_csv a using (cluster_alias) join terms t on t.term_label = a.cluster_annotation_term_label "
+        "where t.level_order = (select max(level_order) from terms) and a.cluster_annotation_term_label "
+        "<> k.label limit 1",
+        "cluster {0} is {1} in cluster.csv but {2} in the membership file; download the taxonomy again",
+        R.CLUSTER,
     )
     m.fail_if(
         "select cluster_alias from cluster_csv where cluster_alias not in "
