@@ -66,6 +66,13 @@ class _Group(click.Group):
             raise click.ClickException(
                 "out of memory; ask for less at once (a LIMIT, fewer genes or cells, --format csv)"
             ) from e
+        except Exception as e:
+            if type(e).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
+                raise
+            # A store file DuckDB cannot read (damaged, truncated, replaced): say which command to run.
+            raise click.ClickException(
+                f"{' '.join(str(e).split())}; run `hmba-db verify` on the store, and rebuild it if that fails"
+            ) from e
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -318,7 +325,9 @@ def verify(store, species):
     """Reconcile the store with the numbers its build took from the source; exit 1 on any difference.
 
     Per species and gene bucket: non-zeros, sum of counts and two position checksums; per cell: total
-    counts and genes detected; and the Parquet sort order.
+    counts and genes detected; and the Parquet sort order. The statistics: every level the sum of its
+    children, region and donor sums adding up to the Group's, cell counts, and a sample of genes summed
+    again from the expression files.
 
     Example:
 
@@ -339,6 +348,7 @@ def verify(store, species):
         click.echo(
             f"OK: {sp}: {meta['nnz']:,} non-zeros in {meta['buckets']} buckets, {meta['cells']:,} cells, "
             f"sum {meta['sum']:,}: counts, checksums and per-cell totals reconcile"
+            + ("; statistics additive and recomputed" if (Path(store) / "aggregates").exists() else "")
         )
 
 

@@ -5,7 +5,8 @@ per species and bucket, the non-zero count, the sum of counts, the sum of cell i
 gene_index x count (two position-sensitive checksums: a value moved to another cell or gene changes
 them); per cell, total counts and genes detected against the source rows' sums; and the layout: rows
 strictly increasing in (gene_index, cell_index), so sorted and free of duplicates, inside the bucket's
-gene range.
+gene range. Then the statistics (`verify_stats.py`): additive, with their groups' cell counts, and equal to
+sums taken again from the expression files for a sample of genes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from ..errors import HmbaError
 from ..progress import worker_pool
+from .verify_stats import verify_statistics
 
 BATCH_ROWS = 4_000_000
 
@@ -91,6 +93,7 @@ def verify_store(store: Path, species: list[str] | None = None, jobs: int = 2) -
             if species and sp not in species:
                 continue
             problems += [f"{sp}: {p}" for p in _verify_species(pool, store, sp, meta, jobs)]
+            problems += [f"{sp}: {p}" for p in verify_statistics(store, sp, meta)]
     return problems
 
 
