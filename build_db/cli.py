@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -54,6 +55,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except HmbaError as e:
             raise click.ClickException(str(e)) from e
+        except BrokenPipeError:
+            # Whoever read our output went away (`| head`): stop quietly, as Unix tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
             hint = {
@@ -290,13 +295,21 @@ def check(release, species, what, md5, version):
     is_flag=True,
     help="Replace STORE even if that drops species it has or files a build did not write (listed otherwise).",
 )
+@click.option(
+    "--keep-old",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Hours a replaced build's snapshot stays for readers that opened it before the rebuild.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, force, quiet):
+def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, force, keep_old, quiet):
     """Build the store at STORE from the release directory RELEASE.
 
     Checks the release first, transposes each species' raw matrix into gene-bucketed Parquet sorted by
-    (gene, cell), verifies every non-zero against the source, and publishes the store atomically. A
-    killed build resumes where it stopped when run again with the same arguments.
+    (gene, cell), verifies every non-zero against the source, and publishes the result as a new snapshot
+    of the store: readers already connected keep the build they opened, new connections get this one.
+    A killed build resumes where it stopped when run again with the same arguments.
 
     Example:
 
@@ -314,6 +327,7 @@ def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, forc
         **({"bucket_genes": bucket_genes} if bucket_genes else {}),
         version=version,
         force=force,
+        keep_old=keep_old * 3600,
         quiet=quiet,
     )
 
@@ -333,6 +347,7 @@ def verify(store, species):
 
         hmba-db verify data/store
     """
+    from .store.paths import files_root
     from .store.verify import verify_store
 
     problems = verify_store(store, list(_species(species) or ()))
@@ -348,7 +363,7 @@ def verify(store, species):
         click.echo(
             f"OK: {sp}: {meta['nnz']:,} non-zeros in {meta['buckets']} buckets, {meta['cells']:,} cells, "
             f"sum {meta['sum']:,}: counts, checksums and per-cell totals reconcile"
-            + ("; statistics additive and recomputed" if (Path(store) / "aggregates").exists() else "")
+            + ("; statistics additive and recomputed" if (files_root(store) / "aggregates").exists() else "")
         )
 
 
@@ -506,6 +521,7 @@ def info(store):
         hmba-db info data/demo-store
     """
     from .access.connect import connect
+    from .store.paths import files_root
 
     con = connect(store)
     build = json.loads((Path(store) / "build.json").read_text())
@@ -516,6 +532,11 @@ def info(store):
     ).fetchall()
     size = sum(p.stat().st_size for p in Path(store).rglob("*") if p.is_file())
     click.echo(f"store     {Path(store).absolute()} ({size / 2**20:,.1f} MiB)")
+    root = files_root(store)
+    if root != Path(store).absolute():
+        older = sorted(p.name for p in root.parent.iterdir() if p.is_dir() and p != root)
+        kept = f"; {len(older)} older kept for open readers ({', '.join(older)})" if older else ""
+        click.echo(f"snapshot  {root.name}{kept}")
     click.echo(f"built     {build['built_at']} by hmba-db {build['tool_version']}")
     click.echo(f"release   {build['release']} (version {build['release_version']})")
     click.echo("species   cells        with cluster  not in cell_metadata  genes    non-zeros      buckets")

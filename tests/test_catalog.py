@@ -25,6 +25,7 @@ from build_db.release import layout as R
 from build_db.store import schema as S
 from build_db.store.build import build
 from build_db.store.catalog import CATALOG, relocate
+from build_db.store.paths import files_root
 
 from .conftest import restamp
 
@@ -226,7 +227,8 @@ def test_relocate_repairs_a_moved_store(moved, con, tmp_path):
         plain.sql("select count(*) from expression").fetchall()
     plain.close()
     result = CliRunner().invoke(main, ["relocate", str(moved)])
-    assert result.exit_code == 0 and f"views now read {moved} (were " in result.output
+    root = files_root(moved)  # the current snapshot, in its new place
+    assert root.parent.parent == moved and f"views now read {root} (were " in result.output
     plain = duckdb.connect(str(moved / CATALOG), read_only=True)
     want = con.sql("select count(*) from expression where species = 'Human'").fetchall()[0][0]
     assert plain.sql("select count(*) from expression where species = 'Human'").fetchall()[0][0] == want

@@ -13,6 +13,7 @@ from build_db.release.check import check_release
 from build_db.release.h5ad import CsrReader
 from build_db.release.synth import synth
 from build_db.store.build import build
+from build_db.store.paths import files_root
 from build_db.store.verify import verify_store
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def test_scale_001_all_genes_builds_and_verifies(tmp_path):
     store = build(release, tmp_path / "store", quiet=True).store
     assert verify_store(store) == []
     for species in R.SPECIES:
-        totals = pd.read_parquet(store / "tables" / "cell_totals" / f"{species}.parquet")
+        totals = pd.read_parquet(files_root(store) / "tables" / "cell_totals" / f"{species}.parquet")
         gene_sum = np.zeros(R.REAL_GENES[species], dtype=np.int64)
         with CsrReader(release / R.matrix_path(species, "raw")) as m:
             assert m.shape == (round(R.REAL_CELLS[species] * 0.01), R.REAL_GENES[species])

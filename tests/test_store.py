@@ -18,7 +18,7 @@ from build_db.errors import HmbaError, ReleaseError
 from build_db.release import layout as R
 from build_db.release.h5ad import CsrReader, CsrWriter
 from build_db.store.build import build
-from build_db.store.paths import bucket_file, staging_dir
+from build_db.store.paths import bucket_file, files_root, staging_dir
 from build_db.store.transpose import BucketPlan, plan_buckets, row_split, scatter, sort_bucket
 from build_db.store.verify import verify_store
 
@@ -193,9 +193,10 @@ def test_corrupt_data_chunk(tmp_path):
 
 @pytest.fixture(scope="module")
 def built(tiny_release, tmp_path_factory):
+    """The current snapshot's folder of a store built from the tiny release."""
     store = tmp_path_factory.mktemp("store") / "store"
     build(tiny_release, store, bucket_nnz=4_000, quiet=True)
-    return store
+    return files_root(store)
 
 
 @pytest.mark.parametrize("species", R.SPECIES)
@@ -231,14 +232,14 @@ def test_build_json_records_provenance(tiny_release, built):
         assert meta["log2_check"]["checked"] and meta["log2_check"]["cells"] > 0
         assert sum(b["nnz"] for b in meta["bucket_stats"]) == meta["nnz"]
         assert sum(b["sum"] for b in meta["bucket_stats"]) == meta["sum"]
-    assert not staging_dir(built).exists()
+    assert not staging_dir(built.parent.parent).exists()
 
 
 def test_verify_catches_a_changed_store(built, tmp_path):
     copy = tmp_path / "store"
-    shutil.copytree(built, copy)
+    shutil.copytree(built.parent.parent, copy, symlinks=True)
     assert verify_store(copy) == []
-    f = bucket_file(copy, "Marmoset", 0)
+    f = bucket_file(files_root(copy), "Marmoset", 0)
     t = pq.read_table(f).to_pandas()
     t.loc[10, "raw_count"] += 1
     pq.write_table(__import__("pyarrow").Table.from_pandas(t, preserve_index=False), f)
@@ -342,7 +343,7 @@ def test_killed_build_resumes_without_redoing_buckets(tiny_release, tmp_path, ca
 
     build(tiny_release, store, species=("Human",), bucket_nnz=300, jobs=1)
     assert "resuming the build" in capsys.readouterr().err
-    assert {k: bucket_file(store, "Human", k).stat().st_mtime_ns for k in finished} == mtimes
+    assert {k: bucket_file(files_root(store), "Human", k).stat().st_mtime_ns for k in finished} == mtimes
     assert verify_store(store) == []
     assert not staged.exists()
 

@@ -11,11 +11,12 @@ import duckdb
 
 from ..errors import HmbaError
 from ..store.catalog import CATALOG, VIEW_ORDER, recorded_path, sql_literal, view_sql
-from ..store.paths import bucket_file
+from ..store.paths import bucket_file, files_root
 
 
 def store_of(con: duckdb.DuckDBPyConnection) -> Path:
-    """The store a connection reads: as connect() set it, else as the catalog records it."""
+    """The folder of files a connection reads (its store's snapshot): as connect() set it, else as the
+    catalog records it."""
     rows = con.execute("select getvariable('hmba_store')").fetchall()
     path = rows[0][0] if rows and rows[0][0] else recorded_path(con)
     if not path:
@@ -80,13 +81,12 @@ def connect(
             "never need write access)",
             path=path,
         ) from e
-    con.execute(
-        "set variable hmba_store = ?", [str(store)]
-    )  # where the files are: analyses read them directly
+    root = files_root(store)  # the current snapshot: where this build's files are
+    con.execute("set variable hmba_store = ?", [str(root)])  # analyses read the files directly
     recorded = recorded_path(con)
-    if recorded is None or Path(recorded) != store:
+    if recorded is None or Path(recorded) != root:
         for name in VIEW_ORDER:
-            temp = view_sql(name, store).replace(
+            temp = view_sql(name, root).replace(
                 f"create or replace view {name}", f"create or replace temp view {name}", 1
             )
             con.execute(temp)

@@ -48,8 +48,11 @@ CACHE: dict[tuple, object] = {}
 
 
 def cache_key(con: duckdb.DuckDBPyConnection, *parts) -> tuple:
-    built = con.execute("select value from store_info where key = 'built_at'").fetchall()
-    return (str(store_of(con)), built[0][0] if built else "", *parts)
+    # The snapshot folder names the build; the build id (or, before snapshots, the build time) as well.
+    built = con.execute(
+        "select value from store_info where key in ('build_id', 'built_at') order by key"
+    ).fetchall()
+    return (str(store_of(con)), *(b[0] for b in built), *parts)
 
 
 def symbol_table(con: duckdb.DuckDBPyConnection, species: str) -> dict[str, GeneMatch]:

@@ -28,7 +28,17 @@ from ..release.manifest import Layout, read_manifest
 from .catalog import relocate, write_catalog
 from .guard import build_lock, check_disk, check_target
 from .metadata import MetadataBuilder, check_metadata
-from .paths import bucket_file, staging_dir
+from .paths import (
+    BUILD_JSON,
+    CATALOG,
+    RETIRED,
+    SNAPSHOTS,
+    bucket_file,
+    files_root,
+    new_build_id,
+    snapshot_dir,
+    staging_dir,
+)
 from .stats import build_stats
 from .transpose import (
     BUCKET_TARGET_NNZ,
@@ -43,7 +53,10 @@ from .transpose import (
 )
 from .verify import verify_store
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: snapshots (a build id kept across a resume)
+# How long a replaced build's files stay for readers that opened it before the rebuild: long enough for a
+# dashboard left open over a working day, at the cost of one more build's disk meanwhile.
+KEEP_OLD_SECONDS = 24 * 3600
 LOG2_SAMPLE_CELLS = 500  # rows compared against the release's log2 file
 # log2 values are float32: allow a few float32 ulps between our float64 formula and the release's.
 LOG2_RTOL, LOG2_ATOL = 1e-5, 1e-5
@@ -67,6 +80,7 @@ def build(
     bucket_genes: int = MAX_BUCKET_GENES,
     version: str = R.VERSION,
     force: bool = False,
+    keep_old: float | None = None,
     quiet: bool = False,
 ) -> BuildResult:
     """Build (or rebuild) the expression store at `store` from a release directory.
@@ -94,11 +108,23 @@ def build(
         )
     check_target(store, species, force)
     with build_lock(store):
-        return _build(release, store, species, entries, lay, jobs, bucket_nnz, bucket_genes, version, rep)
+        return _build(
+            release,
+            store,
+            species,
+            entries,
+            lay,
+            jobs,
+            bucket_nnz,
+            bucket_genes,
+            version,
+            KEEP_OLD_SECONDS if keep_old is None else keep_old,
+            rep,
+        )
 
 
 def _build(
-    release, store, species, entries, lay, jobs, bucket_nnz, bucket_genes, version, rep
+    release, store, species, entries, lay, jobs, bucket_nnz, bucket_genes, version, keep_old, rep
 ) -> BuildResult:
     has_log2 = {s: (release / lay.matrix(s, "log2")).exists() for s in species}
     parts = ("raw", "metadata", "taxonomy") + (("log2",) if all(has_log2.values()) else ())
@@ -167,7 +193,9 @@ def _build(
         stats_report = build_stats(staging, result.species, pool, q, rep)
         stats_seconds = time.monotonic() - t_stats
 
+    build_id = state.setdefault("build_id", new_build_id())
     info = {
+        "build_id": build_id,
         "tool": "hmba-db",
         "tool_version": __version__,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -181,9 +209,8 @@ def _build(
     info["statistics"] = {"seconds": round(stats_seconds, 2), "rows": stats_report}
     save_json(staging / "build.json", info)
     rep.step("catalog.duckdb: tables, views, descriptions")
-    bound = write_catalog(
-        staging, store, {k: str(info[k]) for k in ("tool_version", "built_at", "release", "release_version")}
-    )
+    keys = ("build_id", "tool_version", "built_at", "release", "release_version")
+    bound = write_catalog(staging, snapshot_dir(store, build_id), {k: str(info[k]) for k in keys})
     # Not overlapped with the two steps above: tried, no faster (both cores are busy verifying) and
     # peak memory rose from 1.45 to 2.15 GiB at --scale 0.1.
     rep.step("verify the store against the source")
@@ -195,7 +222,7 @@ def _build(
     rep.step(f"publish {store}")
     shutil.rmtree(staging / "_scatter", ignore_errors=True)
     (staging / "state.json").unlink(missing_ok=True)
-    _publish(staging, store)
+    _publish(staging, store, build_id, keep_old)
     if not bound:
         relocate(store)
     result.seconds = time.monotonic() - t0
@@ -242,7 +269,7 @@ def _load_state(staging: Path, params: dict, rep: Reporter) -> dict:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    state = {"params": params, "species": {}}
+    state = {"params": params, "species": {}, "build_id": new_build_id()}  # kept when the build resumes
     save_json(path, state)
     return state
 
@@ -426,12 +453,42 @@ def _log2_check(raw_path: Path, log2_path: Path, totals: np.ndarray) -> dict:
     return {"checked": True, "cells": compared, "rtol": LOG2_RTOL}
 
 
-def _publish(staging: Path, store: Path) -> None:
-    old = store.parent / f".{store.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if store.exists():
-        os.replace(store, old)
-    os.replace(staging, store)
-    if old.exists():
-        shutil.rmtree(old)
+def _publish(staging: Path, store: Path, build_id: str, keep_old: float) -> None:
+    """Move the verified staging folder in as a new snapshot, then point the store's links at it.
+
+    Each link is swapped by a rename, so a reader opening `catalog.duckdb` gets the old build or the new
+    one, whole; a reader already open keeps the old snapshot, whose files stay until `keep_old` seconds
+    after it stopped being current."""
+    store.mkdir(parents=True, exist_ok=True)
+    final = snapshot_dir(store, build_id)
+    final.parent.mkdir(exist_ok=True)
+    previous = files_root(store)
+    os.replace(staging, final)
+    for name in (CATALOG, BUILD_JSON):
+        tmp = store / f".{name}.{build_id}"
+        os.symlink(f"{SNAPSHOTS}/{build_id}/{name}", tmp)
+        os.replace(tmp, store / name)
+    if previous != store and previous != final and previous.is_dir():
+        (previous / RETIRED).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+    for name in ("expression", "tables", "aggregates"):  # a store built before snapshots: now unused
+        shutil.rmtree(store / name, ignore_errors=True)
+    collect_snapshots(store, keep_old)
+
+
+def collect_snapshots(store: Path, keep_old: float) -> list[str]:
+    """Delete the snapshots that stopped being current more than `keep_old` seconds ago; return their ids.
+
+    The grace period is how long a reader that opened an older build can go on querying it: one that
+    outlives it gets DuckDB's "No files found" naming the snapshot, never another build's files."""
+    current = files_root(store)
+    removed = []
+    for snap in sorted((Path(store) / SNAPSHOTS).glob("*")):
+        if snap == current or not snap.is_dir():
+            continue
+        retired = snap / RETIRED
+        if not retired.exists():  # left by an interrupted publish: retire it from now
+            retired.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+        if time.time() - retired.stat().st_mtime >= keep_old:
+            shutil.rmtree(snap)
+            removed.append(snap.name)
+    return removed

@@ -18,8 +18,8 @@ import duckdb
 
 from ..errors import HmbaError
 from . import schema as S
+from .paths import CATALOG, files_root
 
-CATALOG = "catalog.duckdb"
 STORAGE_VERSION = "v1.1.0"  # readable by DuckDB >= 1.1 (tested with 1.1.3), which BI drivers embed
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 # Dependencies first; the *_sums views read Parquet files, the *_stats views read them.
@@ -54,8 +54,9 @@ def _bindable(final: Path, files_at: Path):
     """DuckDB reads a view's files when it creates the view. While a new store sits in staging, make the
     final path resolve: a temporary symlink if nothing is there yet (a rebuild binds to the old store,
     whose files have the same schema)."""
-    link = None
+    link, made = None, []
     if final != files_at and not final.exists() and not final.is_symlink():
+        made = [p for p in reversed(final.parents) if not p.exists()]
         final.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(files_at, final, target_is_directory=True)
         link = final
@@ -64,6 +65,9 @@ def _bindable(final: Path, files_at: Path):
     finally:
         if link is not None:
             link.unlink()
+        for p in reversed(made):  # folders made only for the link: a failed build leaves nothing behind
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
@@ -150,6 +154,7 @@ def relocate(store: Path) -> tuple[str, str]:
     path = store / CATALOG
     if not path.exists():
         raise HmbaError(f"{path}: not found; {store} is not an hmba-db store (run hmba-db build)", path=path)
+    root = files_root(store)
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as e:
@@ -160,12 +165,12 @@ def relocate(store: Path) -> tuple[str, str]:
     try:
         old = recorded_path(con)
         for name in VIEW_ORDER:
-            con.execute(view_sql(name, store))
+            con.execute(view_sql(name, root))
         _comment(con)
-        con.execute("update store_info set value = ? where key = 'store_path'", [str(store)])
+        con.execute("update store_info set value = ? where key = 'store_path'", [str(root)])
     finally:
         con.close()
-    return old or "", str(store)
+    return old or "", str(root)
 
 
 def recorded_path(con: duckdb.DuckDBPyConnection) -> str | None:

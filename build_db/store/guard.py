@@ -17,7 +17,7 @@ from ..errors import HmbaError
 # What a build writes at a store's top level; anything else there is the user's and is never deleted
 # without --force.
 STORE_ENTRIES = frozenset(
-    {"catalog.duckdb", "catalog.duckdb.wal", "build.json", "expression", "tables", "aggregates"}
+    {"catalog.duckdb", "catalog.duckdb.wal", "build.json", "snapshots", "expression", "tables", "aggregates"}
 )
 STAGING_BYTES_PER_NZ = 10  # measured: scatter runs of (gene, cell, count) for the largest species
 DISK_MARGIN = 1 << 30  # keep 1 GiB free beyond the estimate

@@ -1,8 +1,27 @@
-"""Where things are in a store and in its staging folder (shared by the build's steps and verification)."""
+"""Where things are in a store, in its snapshots and in its staging folder.
+
+A store is a folder of immutable snapshots, one per build, and two links naming the current one:
+
+    STORE/catalog.duckdb -> snapshots/<build id>/catalog.duckdb
+    STORE/build.json     -> snapshots/<build id>/build.json
+    STORE/snapshots/<build id>/{catalog.duckdb, build.json, expression/, tables/, aggregates/}
+
+A snapshot's catalog names its own files, so a reader keeps one build's view however often the store is
+rebuilt, and a new connection sees the newest build.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import time
 from pathlib import Path
+
+CATALOG = "catalog.duckdb"
+BUILD_JSON = "build.json"
+SNAPSHOTS = "snapshots"
+RETIRED = "RETIRED"  # in a snapshot that is no longer current: when it stopped being current
 
 
 def bucket_dir(store: Path, species: str, k: int) -> Path:
@@ -16,3 +35,29 @@ def bucket_file(store: Path, species: str, k: int) -> Path:
 def staging_dir(store: Path) -> Path:
     store = Path(store).absolute()
     return store.parent / f".{store.name}.building"
+
+
+def new_build_id() -> str:
+    """Sortable by time, unique even for two builds in the same second."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def snapshot_dir(store: Path, build_id: str) -> Path:
+    return Path(store).absolute() / SNAPSHOTS / build_id
+
+
+def files_root(store: Path) -> Path:
+    """The folder holding a store's current files: the snapshot its catalog link names (or, in a copy that
+    turned the links into files, the snapshot its build.json names); the folder itself for a staging folder
+    or a store built before snapshots."""
+    store = Path(store).absolute()
+    link = store / CATALOG
+    if link.is_symlink():
+        return (store / os.readlink(link)).parent
+    try:
+        build_id = json.loads((store / BUILD_JSON).read_text()).get("build_id")
+    except (OSError, ValueError):
+        build_id = None
+    if build_id and (store / SNAPSHOTS / build_id).is_dir():
+        return store / SNAPSHOTS / build_id
+    return store

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from ..errors import HmbaError
 from ..progress import worker_pool
+from .paths import files_root
 from .verify_stats import verify_statistics
 
 BATCH_ROWS = 4_000_000
@@ -85,7 +86,7 @@ def verify_store(store: Path, species: list[str] | None = None, jobs: int = 2) -
         >>> verify_store(Path("data/store"))  # doctest: +SKIP
         []
     """
-    store = Path(store)
+    store = files_root(Path(store))
     info = _build_info(store)
     problems: list[str] = []
     with worker_pool(jobs) as (pool, _):
