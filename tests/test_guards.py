@@ -10,6 +10,7 @@ import sys
 import time
 from collections import namedtuple
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -376,3 +377,36 @@ def test_metadata_defects_are_found_by_check_before_long_work(release_copy, tmp_
     with pytest.raises(HmbaError, match=message):
         build(release_copy, tmp_path / "store", quiet=True)
     assert not staging_dir(tmp_path / "store").exists()  # stopped before the transposition began
+
+
+def test_explicit_zeros_are_dropped_and_counted(release_copy, tmp_path):
+    import h5py
+    import numpy as np
+
+    from build_db.release import layout as R
+    from build_db.store.paths import files_root
+    from build_db.store.verify import verify_store
+
+    from .conftest import restamp
+
+    rel = R.matrix_path("Marmoset", "raw")
+    with h5py.File(release_copy / rel, "a") as f:
+        data = f["X/data"]
+        source_nnz = len(data)
+        zeroed = np.arange(5, source_nnz, 997)
+        values = data[...]
+        values[zeroed] = 0
+        data[...] = values
+    restamp(release_copy, rel)
+    (release_copy / R.matrix_path("Marmoset", "log2")).unlink()  # it no longer matches the raw file
+    store = build(release_copy, tmp_path / "store", species=MARMOSET, quiet=True).store
+    meta = json.loads((store / "build.json").read_text())["species"]["Marmoset"]
+    assert meta["explicit_zeros_dropped"] == len(zeroed) and meta["nnz"] == source_nnz - len(zeroed)
+    assert verify_store(store) == []
+    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
+    n, zeros, detected = con.execute(
+        "select count(*), count(*) filter (raw_count = 0), "
+        "(select sum(genes_detected) from cells) from expression_counts"
+    ).fetchone()
+    assert n == detected == meta["nnz"] and zeros == 0
+    assert files_root(store).is_dir()

@@ -369,12 +369,16 @@ def _build_species(
     for t in tags:
         for k, s in enumerate(sstate["scatter"][t]["stats"]):
             stats[k].add(BucketStats(**s))
+    zeros = sum(sstate["scatter"][t].get("explicit_zeros", 0) for t in tags)
+    if zeros:
+        rep.log(f"  {species}: {zeros:,} explicit zeros stored in the matrix were dropped (not expression)")
     _write_cell_totals(staging, species, cell_labels, totals, detected)
     _write_gene_buckets(staging, species, gene_ids, symbols, plan)
     return {
         "cells": int(shape[0]),
         "genes": int(shape[1]),
-        "nnz": int(nnz),
+        "nnz": int(nnz) - zeros,  # what the store holds
+        "explicit_zeros_dropped": zeros,
         "sum": int(totals.sum()),
         "genes_per_bucket": plan.genes_per_bucket,
         "buckets": plan.n_buckets,
@@ -433,6 +437,8 @@ def _log2_check(raw_path: Path, log2_path: Path, totals: np.ndarray) -> dict:
             )
         for r in rows:
             a, b = raw.rows(int(r), int(r) + 1), log2.rows(int(r), int(r) + 1)
+            a.eliminate_zeros()  # explicit zeros are not expression in either file
+            b.eliminate_zeros()
             if a.nnz == 0 and b.nnz == 0:
                 continue
             expected = np.log2(a.data.astype(np.float64) / totals[r] * 1e6 + 1.0)

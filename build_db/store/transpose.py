@@ -187,6 +187,7 @@ def scatter(path: Path, plan: BucketPlan, r0: int, r1: int, staging: Path, tag: 
     stats = [BucketStats() for _ in range(plan.n_buckets)]
     totals = np.zeros(r1 - r0, dtype=np.int64)
     detected = np.zeros(r1 - r0, dtype=np.int32)
+    zeros = 0
     bucket_starts = np.arange(plan.n_buckets + 1, dtype=np.int64) * plan.genes_per_bucket
     try:
         with CsrReader(path) as m:
@@ -216,6 +217,13 @@ def scatter(path: Path, plan: BucketPlan, r0: int, r1: int, staging: Path, tag: 
                     ) from e
                 ip = indptr[a : b + 1] - lo
                 values = validate_block(path, a, ip, data, idx, plan.n_genes, m.obs_label)
+                zero = values == 0
+                if zero.any():  # explicit zeros stored in the matrix: not expression; dropped, counted
+                    zeros += int(zero.sum())
+                    rows = np.repeat(np.arange(b - a), np.diff(ip))
+                    kept = np.diff(ip) - np.bincount(rows[zero], minlength=b - a)
+                    ip = np.concatenate([[0], np.cumsum(kept)])
+                    values, idx = values[~zero], idx[~zero]
                 per_row = np.diff(ip)
                 nonempty = np.flatnonzero(per_row)
                 if len(nonempty):  # exact integer row sums; reduceat would misreport empty rows, so skip them
@@ -237,7 +245,7 @@ def scatter(path: Path, plan: BucketPlan, r0: int, r1: int, staging: Path, tag: 
         )
     np.save(staging / f"totals.{tag}.npy", totals)
     np.save(staging / f"detected.{tag}.npy", detected)
-    return {"stats": [asdict(s) for s in stats]}
+    return {"stats": [asdict(s) for s in stats], "explicit_zeros": zeros}
 
 
 def _stage_block(
