@@ -669,6 +669,56 @@ def query(store, name, params, fmt, plot, show_sql):
         click.echo(f"plot written to {draw(df, q.plot, title, plot)}", err=True)
 
 
+@main.group()
+def export() -> None:
+    """Export from a store into other tools' formats.
+
+    Example:
+
+        hmba-db export mapmycells data/store ref --species Human --cells "region_of_interest_label = 'PuR'"
+    """
+
+
+@export.command("mapmycells")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--species", required=True, help="One species: Human, Macaque or Marmoset.")
+@click.option(
+    "--cells",
+    default=None,
+    help="A SQL condition on the cells table choosing the reference cells (default: all with a cluster).",
+)
+@click.option(
+    "--min-cells", type=click.IntRange(min=1), default=1, show_default=True, help="Smallest cluster kept."
+)
+@click.option(
+    "--markers-per-child",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Marker genes chosen per child node in query_markers.json.",
+)
+def export_mapmycells(store, out, species, cells, min_cells, markers_per_child):
+    """Write a MapMyCells reference for one species: OUT/precomputed_stats.h5 and OUT/query_markers.json.
+
+    Without --cells the sums come from the store's statistics (seconds); with --cells they are summed from
+    the expression store for the selected cells only. cell_type_mapper's from_specified_markers maps cells
+    with the two files (README: MapMyCells).
+
+    Example:
+
+        hmba-db export mapmycells data/store ref --species Human --cells "region_of_interest_label = 'PuR'"
+    """
+    from .access.mapmycells import export_mapmycells as run
+
+    ref = run(store, out, species, cells=cells, min_cells=min_cells, markers_per_child=markers_per_child)
+    click.echo(
+        f"{ref.stats}: {len(ref.clusters):,} clusters x {len(ref.genes):,} genes, {int(ref.n_cells.sum()):,} "
+        f"cells, from the {ref.source}"
+    )
+    click.echo(f"{ref.markers}: marker genes per parent node")
+
+
 @main.command("connect-info")
 @click.argument("store", type=click.Path(path_type=Path))
 def connect_info(store):

@@ -181,7 +181,7 @@ def run_safe(
     except duckdb.InterruptException as e:
         raise UnsafeQuery(f"the query ran longer than the {timeout:g} s time limit and was stopped") from e
     except duckdb.OutOfMemoryException as e:
-        limit = con.execute("select current_setting('memory_limit')").fetchone()[0]
+        ((limit,),) = con.execute("select current_setting('memory_limit')").fetchall()
         raise UnsafeQuery(
             f"the query needed more than the sandbox's {limit} memory limit and was stopped; filter or "
             "aggregate more, or ask for a larger --memory-limit"

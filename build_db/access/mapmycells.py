@@ -1,0 +1,287 @@
+"""MapMyCells reference files from a store: `precomputed_stats.h5` and `query_markers.json` for one species,
+for all its cells (from the statistics, in seconds) or a selection of them (summed from the expression
+store, one gene bucket at a time).
+
+The layout is cell_type_mapper's (its `docs/input_data_files/precomputed_stats_file.md`, DATASET.md section
+6): JSON datasets as UTF-8 bytes (`metadata`, `cluster_to_row`, `col_names`, `taxonomy_tree`) and clusters x
+genes arrays: int64 `n_cells`, float64 `sum` and `sumsq` of log2(CPM+1), int64 `gt0`, `gt1`, `ge1` (cells
+above 0 CPM, above 1 CPM, at least 1 CPM). Our statistics hold exactly these fields: `n_expressing`,
+`sum_log2_cpm`, `sumsq_log2_cpm`, `n_cpm_gt_1`, `n_cpm_ge_1`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import h5py
+import numpy as np
+
+from ..errors import HmbaError
+from ..release import layout as R
+from ..store.paths import bucket_file
+from .connect import connect, store_of
+
+STATS_FILE = "precomputed_stats.h5"
+MARKERS_FILE = "query_markers.json"
+# Arrays of the file -> our statistics' field (the h5 holds clusters x genes of each).
+FIELDS = {
+    "sum": "sum_log2_cpm",
+    "sumsq": "sumsq_log2_cpm",
+    "gt0": "n_expressing",
+    "gt1": "n_cpm_gt_1",
+    "ge1": "n_cpm_ge_1",
+}
+MARKERS_PER_CHILD = 10  # genes per child node: a few hundred per parent at most, as the release's file
+MIN_FRACTION = 0.25  # a marker is detected in at least this share of its node's cells
+
+
+@dataclass
+class Reference:
+    """What an export wrote: the files, and the arrays' shape and provenance."""
+
+    stats: Path
+    markers: Path
+    species: str
+    clusters: list[str]
+    genes: list[str]
+    n_cells: np.ndarray
+    source: str  # "statistics" or "expression"
+
+
+def export_mapmycells(
+    store_or_con,
+    out: Path,
+    species: str,
+    *,
+    cells: str | None = None,
+    min_cells: int = 1,
+    markers_per_child: int = MARKERS_PER_CHILD,
+) -> Reference:
+    """Write `OUT/precomputed_stats.h5` and `OUT/query_markers.json` for one species.
+
+    `cells` is a SQL condition on the `cells` table (e.g. "region_of_interest_label = 'PuR'"): the sums are
+    then taken from the expression store for those cells only. Clusters with fewer than `min_cells` (selected)
+    cells are left out, and the tree keeps only their ancestors.
+
+    Example:
+        >>> export_mapmycells("data/store", "ref", "Human", cells="donor_sex = 'Male'")  # doctest: +SKIP
+    """
+    con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
+    species = _species(con, species)
+    if min_cells < 1:
+        raise HmbaError(f"--min-cells must be at least 1, got {min_cells}")
+    genes = [
+        r[0]
+        for r in con.execute(
+            "select gene_identifier from genes where species = ? order by gene_index", [species]
+        ).fetchall()
+    ]
+    tree_rows = _clusters(con, species, cells)
+    tree_rows = [r for r in tree_rows if r["n"] >= min_cells]
+    if not tree_rows:
+        raise HmbaError(
+            f"no {species} cluster has {min_cells} or more cells"
+            + (f" where {cells}" if cells else "")
+            + "; widen the selection or lower --min-cells"
+        )
+    clusters = [r["cluster_label"] for r in tree_rows]
+    row_of = {c: i for i, c in enumerate(clusters)}
+    arrays = (
+        _from_expression(con, species, cells, row_of, len(genes))
+        if cells
+        else _from_statistics(con, species, row_of, len(genes))
+    )
+    n_cells = np.array([r["n"] for r in tree_rows], dtype=np.int64)
+    tree = _tree(tree_rows)
+    info = {
+        "producer": "hmba-db export mapmycells",
+        "store": str(store_of(con)),
+        **dict(con.execute("select key, value from store_info where key <> 'store_path'").fetchall()),
+        "species": species,
+        "selection": {"cells": cells, "min_cells": min_cells},
+        "source": "expression store" if cells else "statistics",
+        "normalization": "log2(CPM+1) from raw counts",
+        "n_clusters": len(clusters),
+        "n_cells": int(n_cells.sum()),
+    }
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stats_path = _write_h5(out / STATS_FILE, info, row_of, genes, tree, n_cells, arrays)
+        markers = query_markers(tree, row_of, genes, n_cells, arrays, markers_per_child)
+        markers_path = out / MARKERS_FILE
+        tmp = markers_path.with_name(MARKERS_FILE + ".partial")
+        tmp.write_text(json.dumps(markers, indent=1) + "\n")
+        tmp.replace(markers_path)
+    except OSError as e:
+        raise HmbaError(
+            f"{out}: cannot write the reference there ({e.strerror}); choose another folder"
+        ) from e
+    return Reference(stats_path, markers_path, species, clusters, genes, n_cells, info["source"])
+
+
+def _species(con, species: str) -> str:
+    built = [r[0] for r in con.execute("select distinct species from cells order by 1").fetchall()]
+    match = {s.lower(): s for s in built}.get(str(species).lower())
+    if match is None:
+        raise HmbaError(f"species {species!r} is not in this store; it has {', '.join(built)}")
+    return match
+
+
+def _clusters(con, species: str, cells: str | None) -> list[dict]:
+    """Each cluster of the selection with its five-level path (labels, names) and cell count."""
+    levels = ", ".join(f"{lv.lower()}_label, {lv.lower()}_name" for lv in R.LEVELS)
+    where = f" and ({cells})" if cells else ""
+    sql = (
+        f"select {levels}, count(*) as n, min(cluster_order) as o from cells "
+        f"where species = ? and cluster_label is not null{where} group by all order by o"
+    )
+    try:
+        cur = con.execute(sql, [species])
+    except duckdb.Error as e:
+        raise HmbaError(
+            f"--cells {cells!r} is not a condition on the cells table ({' '.join(str(e).split())}); "
+            "e.g. --cells \"region_of_interest_label = 'PuR'\""
+        ) from e
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _from_statistics(con, species: str, row_of: dict, n_genes: int) -> dict[str, np.ndarray]:
+    """The Cluster rows of term_gene_sums (only groups expressing a gene have a row: the rest are zeros)."""
+    cols = ", ".join(FIELDS.values())
+    table = con.sql(
+        f"select term_label, gene_index, {cols} from term_gene_sums where species = $s and level = 'Cluster'",
+        params={"s": species},
+    ).to_arrow_table()
+    return _dense(table, row_of, n_genes)
+
+
+def _from_expression(con, species: str, cells: str, row_of: dict, n_genes: int) -> dict[str, np.ndarray]:
+    """The same sums for the selected cells, from the expression files one bucket at a time (bounded
+    memory: one bucket's genes x the clusters), with the statistics step's formulas."""
+    con.execute(
+        "create or replace temp table mmc_cells as select cell_index, cluster_label as term_label, "
+        f"total_counts from cells where species = '{species}' and cluster_label is not null and ({cells})"
+    )
+    root = store_of(con)
+    ((n_buckets,),) = con.execute(
+        "select max(gene_bucket) + 1 from genes where species = ?", [species]
+    ).fetchall()
+    out = {k: np.zeros((len(row_of), n_genes)) for k in FIELDS}
+    try:
+        for k in range(int(n_buckets)):
+            table = con.sql(
+                """select c.term_label, e.gene_index,
+                    sum(log2(e.raw_count / c.total_counts * 1e6 + 1)) as sum_log2_cpm,
+                    sum(pow(log2(e.raw_count / c.total_counts * 1e6 + 1), 2)) as sumsq_log2_cpm,
+                    count(*) as n_expressing,
+                    count(*) filter (where e.raw_count::bigint * 1000000 > c.total_counts) as n_cpm_gt_1,
+                    count(*) filter (where e.raw_count::bigint * 1000000 >= c.total_counts) as n_cpm_ge_1
+                from read_parquet($file) e join mmc_cells c using (cell_index) group by all""",
+                params={"file": str(bucket_file(root, species, k))},
+            ).to_arrow_table()
+            part = _dense(table, row_of, n_genes)
+            for f in FIELDS:
+                out[f] += part[f]
+    finally:
+        con.execute("drop table if exists mmc_cells")
+    return {f: (a if f in ("sum", "sumsq") else a.astype(np.int64)) for f, a in out.items()}
+
+
+def _dense(table, row_of: dict, n_genes: int) -> dict[str, np.ndarray]:
+    labels = table.column("term_label").to_pylist()
+    keep = np.array([label in row_of for label in labels], dtype=bool)
+    rows = np.array([row_of.get(label, -1) for label in labels], dtype=np.int64)[keep]
+    genes = table.column("gene_index").to_numpy()[keep]
+    out = {}
+    for name, field in FIELDS.items():
+        dtype = np.float64 if name in ("sum", "sumsq") else np.int64
+        a = np.zeros((len(row_of), n_genes), dtype=dtype)
+        a[rows, genes] = table.column(field).to_numpy()[keep]
+        out[name] = a
+    return out
+
+
+def _tree(rows: list[dict]) -> dict:
+    """cell_type_mapper's taxonomy tree: hierarchy coarse to fine (level labels), a children map per level
+    (leaves map to []), and `hierarchy_mapper`/`name_mapper` so results carry the taxonomy's names."""
+    hierarchy = [R.LEVEL_LABELS[lv] for lv in R.LEVELS]
+    tree: dict = {"hierarchy": hierarchy}
+    tree["hierarchy_mapper"] = {R.LEVEL_LABELS[lv]: lv for lv in R.LEVELS}
+    tree["name_mapper"] = {key: {} for key in hierarchy}
+    for key in hierarchy:
+        tree[key] = {}
+    for r in rows:
+        for i, lv in enumerate(R.LEVELS):
+            key, node = hierarchy[i], r[f"{lv.lower()}_label"]
+            tree["name_mapper"][key][node] = {"name": r[f"{lv.lower()}_name"]}
+            children = tree[key].setdefault(node, [])
+            if i + 1 < len(R.LEVELS):
+                child = r[f"{R.LEVELS[i + 1].lower()}_label"]
+                if child not in children:
+                    children.append(child)
+    return tree
+
+
+def _write_h5(path: Path, info, row_of, genes, tree, n_cells, arrays) -> Path:
+    tmp = path.with_name(path.name + ".partial")
+    with h5py.File(tmp, "w") as f:
+        for name, value in (
+            ("metadata", info),
+            ("cluster_to_row", row_of),
+            ("col_names", genes),
+            ("taxonomy_tree", tree),
+        ):
+            f.create_dataset(name, data=json.dumps(value).encode("utf-8"))
+        f.create_dataset("n_cells", data=n_cells)
+        for name, a in arrays.items():
+            f.create_dataset(name, data=a, chunks=(1, a.shape[1]), compression="gzip", compression_opts=4)
+    tmp.replace(path)
+    return path
+
+
+def query_markers(tree: dict, row_of: dict, genes: list[str], n_cells, arrays, per_child: int) -> dict:
+    """Marker genes per parent node, in cell_type_mapper's lookup format: keys "None" (the root) and
+    "<level>/<node>", values gene identifiers of `col_names`.
+
+    For each child of a node, the genes most above its siblings in mean log2(CPM+1), among genes detected
+    in at least MIN_FRACTION of the child's cells, `per_child` of them; the union over the children. A node
+    with a single child has nothing to choose, and gets an empty list (the tool's own convention)."""
+    hierarchy = tree["hierarchy"]
+    leaves_under: dict[tuple[int, str], list[int]] = {}
+    for depth in range(len(hierarchy) - 1, -1, -1):
+        for node, children in tree[hierarchy[depth]].items():
+            if depth == len(hierarchy) - 1:
+                leaves_under[(depth, node)] = [row_of[node]]
+            else:
+                leaves_under[(depth, node)] = sum((leaves_under[(depth + 1, c)] for c in children), [])
+    parents = [("None", -1, list(tree[hierarchy[0]]))] + [
+        (f"{hierarchy[d]}/{node}", d, children)
+        for d in range(len(hierarchy) - 1)
+        for node, children in tree[hierarchy[d]].items()
+    ]
+    out = {}
+    for key, depth, children in parents:
+        if len(children) < 2:
+            out[key] = []
+            continue
+        sums, counts, expressing = [], [], []
+        for c in children:
+            rows = leaves_under[(depth + 1, c)]
+            sums.append(arrays["sum"][rows].sum(axis=0))
+            expressing.append(arrays["gt0"][rows].sum(axis=0))
+            counts.append(n_cells[rows].sum())
+        sums, expressing, counts = np.array(sums), np.array(expressing), np.array(counts, dtype=np.float64)
+        chosen: list[int] = []
+        for i in range(len(children)):
+            mean = sums[i] / counts[i]
+            rest = (sums.sum(axis=0) - sums[i]) / max(counts.sum() - counts[i], 1.0)
+            score = np.where(expressing[i] >= MIN_FRACTION * counts[i], mean - rest, -np.inf)
+            best = np.argsort(-score, kind="stable")[:per_child]
+            chosen += [int(g) for g in best if np.isfinite(score[g]) and score[g] > 0 and g not in chosen]
+        out[key] = [genes[g] for g in chosen]
+    return out

@@ -1,0 +1,161 @@
+"""MapMyCells references from the store: the arrays equal the statistics (and, for a cell subset, a direct
+computation from the source matrix), the tree is consistent, the JSON is in the tool's shapes."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from build_db import connect
+from build_db.access.mapmycells import export_mapmycells
+from build_db.cli import main
+from build_db.errors import HmbaError
+from build_db.release import layout as R
+
+LEVEL_KEYS = [R.LEVEL_LABELS[lv] for lv in R.LEVELS]
+
+
+def _read(path):
+    with h5py.File(path / "precomputed_stats.h5", "r") as f:
+        meta = {
+            k: json.loads(f[k][()].decode("utf-8"))
+            for k in ("metadata", "cluster_to_row", "col_names", "taxonomy_tree")
+        }
+        arrays = {k: f[k][...] for k in ("n_cells", "sum", "sumsq", "gt0", "gt1", "ge1")}
+    return meta, arrays
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mmc") / "human"
+    export_mapmycells(tiny_store, out, "Human")
+    return out
+
+
+def test_arrays_equal_the_statistics(tiny_store, whole):
+    meta, a = _read(whole)
+    con = connect(tiny_store)
+    genes = [
+        r[0]
+        for r in con.execute(
+            "select gene_identifier from genes where species = 'Human' order by gene_index"
+        ).fetchall()
+    ]
+    assert meta["col_names"] == genes
+    counts = dict(
+        con.execute(
+            "select term_label, n_cells from term_cell_counts where species = 'Human' and level = 'Cluster'"
+        ).fetchall()
+    )
+    rows = meta["cluster_to_row"]
+    assert set(rows) == set(counts) and sorted(rows.values()) == list(range(len(rows)))
+    assert [counts[c] for c in sorted(rows, key=rows.get)] == a["n_cells"].tolist()
+    sums = con.execute(
+        "select term_label, gene_index, sum_log2_cpm, sumsq_log2_cpm, n_expressing, n_cpm_gt_1, n_cpm_ge_1 "
+        "from term_gene_sums where species = 'Human' and level = 'Cluster'"
+    ).df()
+    r = sums.term_label.map(rows).to_numpy()
+    g = sums.gene_index.to_numpy()
+    np.testing.assert_array_equal(a["sum"][r, g], sums.sum_log2_cpm)
+    np.testing.assert_array_equal(a["sumsq"][r, g], sums.sumsq_log2_cpm)
+    for name, col in (("gt0", "n_expressing"), ("gt1", "n_cpm_gt_1"), ("ge1", "n_cpm_ge_1")):
+        np.testing.assert_array_equal(a[name][r, g], sums[col])
+        assert a[name].dtype == np.int64 and a[name].sum() == sums[col].sum()  # zeros elsewhere
+    assert a["sum"].dtype == np.float64 and a["n_cells"].dtype == np.int64
+    assert meta["metadata"]["build_id"] and meta["metadata"]["selection"] == {"cells": None, "min_cells": 1}
+
+
+def test_the_tree_is_consistent(whole):
+    meta, _ = _read(whole)
+    tree = meta["taxonomy_tree"]
+    assert tree["hierarchy"] == LEVEL_KEYS
+    assert set(tree[LEVEL_KEYS[-1]]) == set(meta["cluster_to_row"])
+    assert all(v == [] for v in tree[LEVEL_KEYS[-1]].values())
+    for parent, child in zip(LEVEL_KEYS, LEVEL_KEYS[1:], strict=False):
+        kids = [c for cs in tree[parent].values() for c in cs]
+        assert sorted(kids) == sorted(tree[child]) and len(kids) == len(set(kids))  # a tree, every node once
+    assert tree["hierarchy_mapper"][LEVEL_KEYS[3]] == "Group"
+    names = {v["name"] for v in tree["name_mapper"][LEVEL_KEYS[3]].values()}
+    assert "Oligo OPALIN" in names
+
+
+def test_query_markers_are_in_the_tools_shape(whole):
+    meta, _ = _read(whole)
+    tree = meta["taxonomy_tree"]
+    markers = json.loads((whole / "query_markers.json").read_text())
+    parents = {"None"} | {f"{k}/{n}" for k in LEVEL_KEYS[:-1] for n in tree[k]}
+    assert set(markers) == parents
+    genes = set(meta["col_names"])
+    assert all(set(v) <= genes for v in markers.values())
+    assert len(markers["None"]) >= 10  # the four Neighborhoods get genes to tell them apart
+    single = [k for k in parents - {"None"} if len(tree[k.split("/")[0]][k.split("/")[1]]) == 1]
+    assert all(markers[k] == [] for k in single)
+
+
+def test_a_region_subset_equals_the_source_matrix(tiny_store, tiny_release, tmp_path):
+    con = connect(tiny_store)
+    (region,) = con.execute(
+        "select region_of_interest_label from cells where species = 'Macaque' and cluster_label is not null "
+        "group by 1 order by count(*) desc limit 1"
+    ).fetchall()[0]
+    ref = export_mapmycells(
+        tiny_store, tmp_path / "r", "Macaque", cells=f"region_of_interest_label = '{region}'"
+    )
+    meta, a = _read(tmp_path / "r")
+    assert ref.source == "expression store" and meta["metadata"]["selection"]["cells"].endswith(f"'{region}'")
+    # The same sums straight from the release's raw matrix.
+    raw = ad.read_h5ad(tiny_release / R.matrix_path("Macaque", "raw"))
+    x = raw.X.tocsr().astype(np.float64)
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    chosen = con.execute(
+        "select cell_label, cluster_label from cells where species = 'Macaque' and cluster_label is not null "
+        f"and region_of_interest_label = '{region}'"
+    ).df()
+    rows = pd.Index(raw.obs_names).get_indexer(chosen.cell_label)
+    want = {k: np.zeros_like(a[k], dtype=np.float64) for k in ("sum", "sumsq", "gt0", "gt1", "ge1")}
+    n = np.zeros(len(meta["cluster_to_row"]), dtype=np.int64)
+    for row, cluster in zip(rows, chosen.cluster_label, strict=True):
+        i = meta["cluster_to_row"][cluster]
+        n[i] += 1
+        cell = x[row]
+        v = np.log2(cell.data / totals[row] * 1e6 + 1)
+        cpm = cell.data * 1e6 / totals[row]
+        want["sum"][i, cell.indices] += v
+        want["sumsq"][i, cell.indices] += v * v
+        want["gt0"][i, cell.indices] += 1
+        want["gt1"][i, cell.indices] += cpm > 1
+        want["ge1"][i, cell.indices] += cpm >= 1
+    np.testing.assert_array_equal(a["n_cells"], n)
+    np.testing.assert_allclose(a["sum"], want["sum"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a["sumsq"], want["sumsq"], rtol=1e-9, atol=1e-9)
+    for k in ("gt0", "gt1", "ge1"):
+        np.testing.assert_array_equal(a[k], want[k])
+    whole = export_mapmycells(tiny_store, tmp_path / "w", "Macaque")
+    assert len(ref.clusters) < len(whole.clusters) and ref.n_cells.sum() < whole.n_cells.sum()
+
+
+def test_min_cells_and_bad_input(tiny_store, tmp_path):
+    ref = export_mapmycells(tiny_store, tmp_path / "m", "Marmoset", min_cells=3)
+    assert ref.n_cells.min() >= 3
+    with pytest.raises(HmbaError, match="no Marmoset cluster has 100000 or more cells"):
+        export_mapmycells(tiny_store, tmp_path / "x", "Marmoset", min_cells=100_000)
+    runner = CliRunner()
+    base = ["export", "mapmycells", str(tiny_store), str(tmp_path / "y")]
+    r = runner.invoke(main, [*base, "--species", "Dog"])
+    assert (
+        r.exit_code == 1 and "species 'Dog' is not in this store; it has Human, Macaque, Marmoset" in r.output
+    )
+    r = runner.invoke(main, [*base, "--species", "Human", "--cells", "no_such_column = 1"])
+    assert (
+        r.exit_code == 1
+        and "is not a condition on the cells table" in r.output
+        and "Traceback" not in r.output
+    )
+    r = runner.invoke(main, [*base, "--species", "human"])
+    assert r.exit_code == 0 and "clusters x 400 genes" in r.output and "from the statistics" in r.output
