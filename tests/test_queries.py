@@ -280,3 +280,16 @@ def test_readme_shows_every_query_with_an_example():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for q in list_queries().values():
         assert f"hmba-db query data/demo-store {q.name}" in readme, q.name
+
+
+def test_symbols_ignore_case_and_one_gene_may_be_a_string(tiny_store):
+    from build_db.analyses import mean_expression
+
+    con = connect(tiny_store)
+    exact = mean_expression(con, "Human", ["DRD1"], "Class")
+    assert mean_expression(con, "Human", "drd1", "Class").equals(exact)  # a string, any case
+    with pytest.raises(HmbaError, match=r"Human: no gene with symbol drd7 \(closest: DRD\d, DRD\d\)"):
+        mean_expression(con, "Human", ["drd7"], "Class")
+    upper = run_query(con, "gene_set_by_level", genes="PLP1,DRD2", level="Class", species="Human")
+    lower = run_query(con, "gene_set_by_level", genes="plp1,Drd2", level="Class", species="Human")
+    pd.testing.assert_frame_equal(upper, lower)

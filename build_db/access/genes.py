@@ -31,15 +31,39 @@ def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[st
     """
     if species not in R.SPECIES:
         raise HmbaError(f"unknown species {species!r}; choose from {', '.join(R.SPECIES)}")
-    table = symbol_table(con, species)
-    missing = [s for s in symbols if s not in table]
+    if isinstance(symbols, str):  # one gene given as a string, not its letters
+        symbols = [symbols]
+    found = [find_symbol(con, species, s) for s in symbols]
+    missing = [s for s, g in zip(symbols, found, strict=True) if g is None]
     if missing:
-        hints = []
-        for s in missing:
-            close = difflib.get_close_matches(s, sorted(table), n=3, cutoff=0.6)
-            hints.append(f"{s} (closest: {', '.join(close)})" if close else s)
+        hints = [f"{s} (closest: {', '.join(c)})" if (c := closest(con, species, s)) else s for s in missing]
         raise HmbaError(f"{species}: no gene with symbol {'; '.join(hints)}")
-    return [table[s] for s in symbols]
+    return found
+
+
+def find_symbol(con: duckdb.DuckDBPyConnection, species: str, token: str) -> GeneMatch | None:
+    """The gene a symbol names: exactly as written, else the one symbol equal to it ignoring case (drd1 is
+    DRD1; a case-folded form shared by two symbols matches neither)."""
+    table = symbol_table(con, species)
+    if token in table:
+        return table[token]
+    key = cache_key(con, "folded", species)
+    if key not in CACHE:
+        folded: dict[str, str | None] = {}
+        for symbol in table:
+            folded[symbol.casefold()] = None if symbol.casefold() in folded else symbol
+        CACHE[key] = folded
+    symbol = CACHE[key].get(str(token).casefold())
+    return table[symbol] if symbol else None
+
+
+def closest(con: duckdb.DuckDBPyConnection, species: str, token: str, n: int = 3) -> list[str]:
+    """Up to n known symbols nearest to a token, ignoring case."""
+    table = symbol_table(con, species)
+    by_fold = {s.casefold(): s for s in sorted(table)}
+    return [
+        by_fold[c] for c in difflib.get_close_matches(str(token).casefold(), list(by_fold), n=n, cutoff=0.6)
+    ]
 
 
 # Per store build (path and built_at): symbol tables here and the analyses' per-cell term arrays, loaded

@@ -31,7 +31,7 @@ from sqlglot import exp
 from ..errors import HmbaError
 from ..release import layout as R
 from .connect import connect
-from .genes import symbol_table
+from .genes import closest, find_symbol
 
 QUERIES_DIR = Path(__file__).resolve().parents[2] / "queries"
 PARAM_TYPES = {
@@ -260,8 +260,8 @@ def _genes(con, tokens: list[str], species: list[str], pname: str, notes: list[s
         raise HmbaError(f"--param {pname}: give at least one gene symbol", key=pname)
     rows, unknown = [], {t: [] for t in tokens}
     for s in species:
-        table = symbol_table(con, s)
-        not_symbols = [t for t in tokens if t not in table]
+        found = {t: find_symbol(con, s, t) for t in tokens}
+        not_symbols = [t for t in tokens if found[t] is None]
         ids = (
             {}
             if not not_symbols
@@ -275,19 +275,19 @@ def _genes(con, tokens: list[str], species: list[str], pname: str, notes: list[s
             )
         )
         for order, t in enumerate(tokens):
-            if t in table:
-                g = table[t]
+            if found[t] is not None:
+                g = found[t]
                 if g.n_identifiers > 1:
                     others = con.execute(
                         "select gene_identifier from genes where species = ? and gene_symbol = ? "
                         "order by gene_index",
-                        [s, t],
+                        [s, g.symbol],
                     ).fetchall()
                     notes.append(
-                        f"{s}: {t} names {g.n_identifiers} genes ({', '.join(r[0] for r in others)}); using "
-                        f"{g.gene_identifier}, give an identifier to choose another"
+                        f"{s}: {g.symbol} names {g.n_identifiers} genes ({', '.join(r[0] for r in others)}); "
+                        f"using {g.gene_identifier}, give an identifier to choose another"
                     )
-                rows.append((s, order, t, g.gene_identifier, g.gene_index, g.gene_bucket))
+                rows.append((s, order, g.symbol, g.gene_identifier, g.gene_index, g.gene_bucket))
             elif t in ids:
                 index, bucket, symbol = ids[t].split(",", 2)
                 rows.append((s, order, symbol or t, t, int(index), int(bucket)))
@@ -295,10 +295,9 @@ def _genes(con, tokens: list[str], species: list[str], pname: str, notes: list[s
                 unknown[t].append(s)
     missing_everywhere = [t for t, where in unknown.items() if len(where) == len(species)]
     if missing_everywhere:
-        table = symbol_table(con, species[0])
         hints = []
         for t in missing_everywhere:
-            close = difflib.get_close_matches(t, sorted(table), n=3, cutoff=0.6)
+            close = closest(con, species[0], t)
             hints.append(f"{t} (closest: {', '.join(close)})" if close else t)
         raise HmbaError(
             f"--param {pname}: no gene with symbol or identifier {'; '.join(hints)} in {', '.join(species)}",
