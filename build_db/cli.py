@@ -375,6 +375,9 @@ def _read_sql(query: str) -> str:
     return query
 
 
+TABLE_WIDTH = 60  # characters of a value shown in --format table
+
+
 def _emit(df, fmt: str) -> None:
     if fmt == "csv":
         df.to_csv(sys.stdout, index=False)
@@ -383,7 +386,16 @@ def _emit(df, fmt: str) -> None:
     elif df.empty:
         click.echo(" | ".join(df.columns) + "\n(0 rows)")
     else:
-        click.echo(df.to_string(index=False, na_rep="NULL", max_colwidth=60))
+        click.echo(df.to_string(index=False, na_rep="NULL", max_colwidth=TABLE_WIDTH))
+        long = [
+            c for c in df.columns if df[c].dtype == object and df[c].astype(str).str.len().max() > TABLE_WIDTH
+        ]
+        if long:
+            click.echo(
+                f"(values of {', '.join(map(str, long))} longer than {TABLE_WIDTH} characters are cut here; "
+                "--format csv or json shows them whole)",
+                err=True,
+            )
 
 
 @main.command()
@@ -549,6 +561,10 @@ def info(store):
         )
     for rel, src in build["sources"].items():
         click.echo(f"source    {rel} md5 {src['md5']}")
+    if build.get("data_licence"):
+        click.echo(
+            f"licence   {build['data_licence']} ({build['data_licence_url']}): cite {build['citation']}"
+        )
 
 
 @main.command()

@@ -94,3 +94,38 @@ def test_the_result_writes_and_reads_as_h5ad(con, tmp_path):
 def test_bad_selections_are_clear_errors(con, kwargs, message):
     with pytest.raises(HmbaError, match=message):
         to_anndata(con, "Human", **kwargs)
+
+
+def test_scanpy_conventions_and_terms_travel_with_the_export(tiny_store):
+    store = tiny_store
+    con = connect(store)
+    a = to_anndata(con, "Marmoset", ["PLP1"])
+    cells = con.execute("select x, y from cells where species = 'Marmoset' order by cell_index").df()
+    np.testing.assert_array_equal(a.obsm["X_umap"], cells[["x", "y"]].to_numpy())
+    assert "gene_symbol" in a.var.columns and a.var.gene_symbol.tolist() == ["PLP1"]
+    uns = a.uns["hmba_db"]
+    assert (
+        uns["data_licence"] == "CC BY-NC 4.0" and "HMBA-10xMultiome-BG" in uns["citation"] and uns["build_id"]
+    )
+
+
+def test_licence_in_the_catalog_build_json_and_info(tiny_store):
+    store = tiny_store
+    import json
+
+    from click.testing import CliRunner
+
+    from build_db.cli import main
+
+    con = connect(store)
+    about = dict(con.execute("select key, value from licence").fetchall())
+    assert about["data_licence"] == "CC BY-NC 4.0" and about["citation"].endswith(
+        "s3://allen-brain-cell-atlas/."
+    )
+    info = json.loads((store / "build.json").read_text())
+    assert info["data_licence"] == about["data_licence"] and info["citation"] == about["citation"]
+    r = CliRunner().invoke(main, ["info", str(store)])
+    assert (
+        r.exit_code == 0
+        and "licence   CC BY-NC 4.0 (https://creativecommons.org/licenses/by-nc/4.0/)" in r.output
+    )

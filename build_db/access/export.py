@@ -137,9 +137,15 @@ def to_anndata(
     )
     x.sort_indices()
     adata = anndata.AnnData(X=x, obs=_frame(obs, "cell_label"), var=_frame(var, "gene_identifier"))
+    # scanpy's conventions: the UMAP in obsm["X_umap"] (NaN for cells without coordinates); var keeps
+    # gene_symbol, so `sc.pl.umap(a, color="DRD1", gene_symbols="gene_symbol")` plots by symbol.
+    adata.obsm["X_umap"] = obs[["x", "y"]].to_numpy(dtype=np.float64)
+    about = dict(con.execute("select key, value from licence").fetchall())
     adata.uns["hmba_db"] = {
         "store": str(store_of(con)),
+        "build_id": dict(con.execute("select key, value from store_info").fetchall()).get("build_id", ""),
         "species": species,
         "cells": cells if isinstance(cells, str) else "all" if cells is None else f"{len(obs):,} labels",
+        **about,
     }
     return adata

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +91,7 @@ class NamedQuery:
         parts = [
             f"{p.name}={p.default}" if p.default is not None else f"{p.name}=<{p.type}>" for p in self.params
         ]
-        return " ".join(f"--param {x}" for x in parts)
+        return " ".join(f"--param {shlex.quote(x)}" for x in parts)  # copy-paste safe: term=STRd D1 ...
 
 
 def parse_query_file(path: Path) -> NamedQuery:

@@ -23,6 +23,26 @@ DATASET_LABEL = "HMBA-10xMultiome-BG"
 
 SPECIES = ("Human", "Macaque", "Marmoset")
 
+# The release's terms of use and how to cite it: carried into build.json, the catalog (table `licence`),
+# `hmba-db info` and every exported AnnData, so they travel with the numbers.
+DATA_LICENCE = "CC BY-NC 4.0"
+DATA_LICENCE_URL = "https://creativecommons.org/licenses/by-nc/4.0/"
+CITATION = (
+    "Allen Institute for Brain Science. Human and Mammalian Brain Atlas, basal ganglia: single-nucleus "
+    "10x Multiome GEX (HMBA-10xMultiome-BG) and taxonomy HMBA-BG-taxonomy-CCN20250428, release {version}. "
+    "Allen Brain Cell Atlas, s3://allen-brain-cell-atlas/."
+)
+
+
+def terms_of_use(version: str = "20250630") -> dict[str, str]:
+    return {
+        "dataset": f"{EXPRESSION_DIR} + {TAXONOMY_DIR}",
+        "data_licence": DATA_LICENCE,
+        "data_licence_url": DATA_LICENCE_URL,
+        "citation": CITATION.format(version=version),
+    }
+
+
 # Real cells x genes per species matrix (DATASET.md section 2); `synth --scale 1` reproduces them.
 REAL_CELLS = {"Human": 1_683_105, "Macaque": 839_102, "Marmoset": 414_575}
 REAL_GENES = {"Human": 36_601, "Macaque": 35_219, "Marmoset": 35_787}

@@ -204,6 +204,7 @@ def _build(
         "sources": params["sources"],
         "parameters": {"bucket_nnz": bucket_nnz, "bucket_genes": bucket_genes, "jobs": jobs},
         "species": result.species,
+        **R.terms_of_use(version),
     }
     info["metadata"] = metadata_report
     info["statistics"] = {"seconds": round(stats_seconds, 2), "rows": stats_report}

@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from ..errors import HmbaError
+from ..release import layout as R
 from . import schema as S
 from .paths import CATALOG, files_root
 
@@ -99,6 +100,10 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
     )
     _term_cell_counts(con)
     con.execute("create table store_info (key varchar, value varchar)")
+    con.execute("create table licence (key varchar, value varchar)")
+    con.executemany(
+        "insert into licence values (?, ?)", list(R.terms_of_use(info.get("release_version", "")).items())
+    )
     bound_to = final
     try:
         with _bindable(final, files_at):

@@ -340,6 +340,16 @@ STORE_INFO = Table(
     (C("key", "VARCHAR", "Fact name"), C("value", "VARCHAR", "Fact value, as text")),
 )
 
+LICENCE = Table(
+    "licence",
+    "The data's terms of use and how to cite the release, so a dashboard or an export carries them: the "
+    "HMBA-BG release is licensed CC BY-NC 4.0 (attribution, non-commercial).",
+    (
+        C("key", "VARCHAR", "dataset, data_licence, data_licence_url or citation"),
+        C("value", "VARCHAR", "Its text"),
+    ),
+)
+
 EXPRESSION_COUNTS = Table(
     "expression_counts",
     "The stored non-zero counts without log2_cpm (no join): the cheapest read of a gene when the query "
@@ -542,9 +552,12 @@ TABLES = (
     CELL_TOTALS,
     TERM_CELL_COUNTS,
     STORE_INFO,
+    LICENCE,
 )
 # Tables the metadata stage writes as Parquet under tables/; the catalog adds the others.
-PARQUET_TABLES = tuple(t for t in TABLES if t.name not in ("cell_totals", "term_cell_counts", "store_info"))
+PARQUET_TABLES = tuple(
+    t for t in TABLES if t.name not in ("cell_totals", "term_cell_counts", "store_info", "licence")
+)
 VIEWS = (
     EXPRESSION_COUNTS,
     EXPRESSION,
