@@ -678,7 +678,15 @@ def query(store, name, params, fmt, plot, show_sql):
     if plot:
         from .access.plots import draw
 
-        shown = {k: v for k, v in rendered.values.items() if k not in ("gene_indexes", "gene_buckets")}
+        # What the user asked for (a term by its name, as typed), then the defaults as resolved.
+        given = _params(params)
+        shown = {
+            k: given.get(k, v)
+            for k, v in rendered.values.items()
+            if k not in ("gene_indexes", "gene_buckets")
+        }
+        if "term" in shown and "term" not in given:
+            shown["term"] = q.param("term").default
         title = f"{q.title}\n" + ", ".join(
             f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items()
         )

@@ -3,14 +3,15 @@
 -- description: For every gene of one species: mean log2(CPM+1) in the term's cells and in all other cells
 -- with a term at that level, their difference (log2 fold change), the fractions expressing, and Welch's t
 -- statistic from the precomputed sums and sums of squares. A gene passes when at least min_fraction of
--- the term's cells express it, at most max_rest_fraction of the other cells do, and its log2 fold change
--- is at least min_log2fc; the n with the largest t are returned.
+-- the term's cells express it, at most max_rest_fraction of the other cells do (0.5 by default, so genes
+-- expressed nearly everywhere do not top the list; pass max_rest_fraction=1 for no limit), and its log2
+-- fold change is at least min_log2fc; the n with the largest t are returned.
 -- param species species = Human: Species
 -- param level level = Group: Taxonomy level of the term
 -- param term term = STRd D1 Matrix MSN: Taxonomy term, by name or label
 -- param n int = 20: How many genes
 -- param min_fraction float = 0.25: Smallest fraction of the term's cells expressing the gene
--- param max_rest_fraction float = 1.0: Largest fraction of the other cells expressing the gene
+-- param max_rest_fraction float = 0.5: Largest fraction of the other cells expressing the gene
 -- param min_log2fc float = 1.0: Smallest log2 fold change
 -- plot: bar x=gene_symbol y=t_statistic
 -- example: level=Subclass term=Astrocyte n=8

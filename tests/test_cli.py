@@ -84,3 +84,11 @@ def test_readme_data_dictionary_is_current():
     assert block.strip() == data_dictionary().strip(), (
         "run: python -m build_db.store.schema, paste into README.md"
     )
+
+
+def test_readme_named_analyses_are_current():
+    """Titles, descriptions, parameter tables and example commands come from queries/; the outputs from
+    `make readme` (a run on the demo store)."""
+    from build_db.tools.readme import main as readme
+
+    assert readme(["--check", str(ROOT / "README.md")]) == 0, "run: make demo && make readme"
