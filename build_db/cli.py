@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -594,14 +595,14 @@ def queries(name):
 
         hmba-db queries markers
     """
-    from .access.queries import PARAM_TYPES, get_query, list_queries
+    from .access.queries import get_query, list_queries
 
     if name:
         q = get_query(name)
         click.echo(f"{q.name}: {q.title}\n\n{q.description}\n")
         for p in q.params:
-            default = f" (default {p.default})" if p.default is not None else " (required)"
-            click.echo(f"  --param {p.name}=...  {p.description}; {PARAM_TYPES[p.type]}{default}")
+            default = f"default {shlex.quote(p.default)}" if p.default is not None else "required"
+            click.echo(f"  --param {p.name}=...  {p.description} [{p.type}, {default}]")
         if q.plot:
             click.echo(
                 f"\n--plot draws a {q.plot.kind}: {' '.join(f'{k}={v}' for k, v in q.plot.options.items())}"
