@@ -12,7 +12,7 @@ SCALE ?= 0.01
 SPECIES ?= Marmoset
 WHAT ?= raw,metadata,taxonomy
 
-.PHONY: help demo test bench lint format synth check db readme clean
+.PHONY: help demo test bench lint format synth check db docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -81,9 +81,10 @@ db: $(STAMP) ## download SPECIES (default Marmoset) of the real release and buil
 	$(BIN)/hmba-db build $(DATA)/real-release $(DATA)/store --species $(SPECIES)
 	$(BIN)/hmba-db info $(DATA)/store
 
-readme: $(STAMP) ## regenerate the README's named-analysis examples from a run on the demo store (make demo first)
+docs: $(STAMP) ## regenerate the manual's generated parts (named-analysis examples from a demo-store run, the data dictionary)
 	@test -f $(DATA)/demo-store/catalog.duckdb || { echo "no $(DATA)/demo-store: run make demo first"; exit 1; }
-	$(BIN)/python -m build_db.tools.readme $(DATA)/demo-store README.md
+	$(BIN)/python -m build_db.tools.readme $(DATA)/demo-store docs/analyses.md
+	$(BIN)/python -m build_db.store.schema --write docs/data-dictionary.md
 
 clean: ## remove generated data, caches and the virtualenv
 	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) tests/node/node_modules .pytest_cache .ruff_cache *.egg-info

@@ -439,9 +439,8 @@ def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads):
     """Run SQL against the store's catalog (read-only) and print the result.
 
     SQL is a query string, or - to read it from stdin. With --safe the query is treated as untrusted
-    (see the README's "Untrusted SQL"). Tables: cells, genes, taxonomy_terms, clusters,
-    donors, libraries, value_sets, ...; views: expression, expression_annotated (see the README's data
-    dictionary).
+    (docs/sql.md, "Untrusted SQL"). Tables: cells, genes, taxonomy_terms, clusters, donors, libraries,
+    value_sets, ...; views: expression, expression_annotated (docs/data-dictionary.md).
 
     Example:
 
@@ -728,7 +727,7 @@ def export_mapmycells(store, out, species, cells, min_cells, markers_per_child):
 
     Without --cells the sums come from the store's statistics (seconds); with --cells they are summed from
     the expression store for the selected cells only. cell_type_mapper's from_specified_markers maps cells
-    with the two files (README: MapMyCells).
+    with the two files (docs/python.md: MapMyCells).
 
     Example:
 

@@ -277,7 +277,7 @@ def test_cli_lists_runs_formats_and_plots(tiny_store, tmp_path):
 
 
 def test_readme_shows_every_query_with_an_example():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "analyses.md").read_text()
     for q in list_queries().values():
         assert f"hmba-db query data/demo-store {q.name}" in readme, q.name
 

@@ -1,7 +1,7 @@
 """The store's tables and views, declared once: names, column types and descriptions.
 
 The metadata builder selects exactly these columns, the catalog writes these descriptions as COMMENT ON
-(so BI tools show them), and a test checks the README's data dictionary against them.
+(so BI tools show them), and a test checks docs/data-dictionary.md against them.
 """
 
 from __future__ import annotations
@@ -573,7 +573,8 @@ ALL = TABLES + VIEWS
 
 
 def data_dictionary() -> str:
-    """The README's data dictionary, generated from the declarations above (a test keeps them equal)."""
+    """The manual's data dictionary (docs/data-dictionary.md), from the declarations above (a test keeps
+    them equal)."""
     out = []
     for t in ALL:
         out.append(
@@ -584,5 +585,22 @@ def data_dictionary() -> str:
     return "\n".join(out)
 
 
+def write_dictionary(path: str) -> None:
+    """Replace the generated block of a Markdown page (between the data-dictionary markers)."""
+    from pathlib import Path
+
+    page = Path(path)
+    text = page.read_text()
+    head, rest = text.split("<!-- data-dictionary:start -->", 1)
+    _, tail = rest.split("<!-- data-dictionary:end -->", 1)
+    start, end = "<!-- data-dictionary:start -->", "<!-- data-dictionary:end -->"
+    page.write_text(f"{head}{start}\n{data_dictionary().strip()}\n{end}{tail}")
+
+
 if __name__ == "__main__":
-    print(data_dictionary())
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        write_dictionary(sys.argv[2])
+    else:
+        print(data_dictionary())

@@ -2,7 +2,7 @@
 
 Run as `python -m build_db.bench --out data/bench [--scales 0.01,0.1] [--full] [--reuse]`. `--full` adds
 `--scale 1` (about 9 billion non-zeros: hours, ~40 GB of release and ~90 GB of staging disk). `--reuse`
-keeps releases already generated under --out. Prints Markdown tables for the README.
+keeps releases already generated under --out. Prints Markdown tables for docs/benchmarks.md.
 
 The build is compared with the floor it cannot beat, measured in the same run on the same files: a plain
 single-threaded read of every raw h5ad's `data` and `indices` (gzip decompression).

@@ -1,11 +1,11 @@
-"""The README's named-analysis reference, generated from `queries/` and a real run on a store.
+"""The manual's named-analysis reference (docs/analyses.md), generated from `queries/` and a real run.
 
-    python -m build_db.tools.readme data/demo-store README.md     # rewrite the section from a run
-    python -m build_db.tools.readme --check README.md              # headers, tables and commands only
+    python -m build_db.tools.readme data/demo-store docs/analyses.md   # rewrite the section from a run
+    python -m build_db.tools.readme --check docs/analyses.md           # headers, tables and commands only
 
 Between `<!-- named-analyses:start -->` and `<!-- named-analyses:end -->`: per query its title, description,
 parameter table, the example command with its output (first rows, numbers to 4 significant digits) and the
-picture `--plot` draws. `make readme` runs it on the demo store; a test checks everything but the outputs.
+picture `--plot` draws. `make docs` runs it on the demo store; a test checks everything but the outputs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pandas as pd
 from ..access.queries import list_queries, run_query
 
 START, END = "<!-- named-analyses:start -->", "<!-- named-analyses:end -->"
+DOC = "docs/analyses.md"
 ROWS = 8
 STORE_SHOWN = "data/demo-store"  # the store name the examples show
 
@@ -63,7 +64,7 @@ def section(store: Path | None) -> str:
 
 def _split(text: str) -> tuple[str, str, str]:
     if START not in text or END not in text:
-        raise SystemExit(f"the README has no {START} ... {END} section")
+        raise SystemExit(f"no {START} ... {END} section in that file")
     head, rest = text.split(START, 1)
     body, tail = rest.split(END, 1)
     return head, body, tail
@@ -76,13 +77,13 @@ def without_outputs(body: str) -> str:
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "--check":
-        readme = Path(argv[1] if len(argv) > 1 else "README.md")
+        readme = Path(argv[1] if len(argv) > 1 else DOC)
         _, body, _ = _split(readme.read_text())
         if without_outputs(body).strip() != section(None).strip():
-            print(f"{readme}: the named analyses are out of date; run `make readme`", file=sys.stderr)
+            print(f"{readme}: the named analyses are out of date; run `make docs`", file=sys.stderr)
             return 1
         return 0
-    store, readme = Path(argv[0]), Path(argv[1] if len(argv) > 1 else "README.md")
+    store, readme = Path(argv[0]), Path(argv[1] if len(argv) > 1 else DOC)
     head, _, tail = _split(readme.read_text())
     readme.write_text(f"{head}{START}\n{section(store)}{END}{tail}")
     return 0
