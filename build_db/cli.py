@@ -490,17 +490,11 @@ def _stream(reader, fmt: str, max_rows: int) -> None:
     """Write a result batch by batch, so a result larger than memory never becomes one DataFrame: csv and
     json stream every row; the aligned table needs all its rows at once, so it stops at max_rows."""
     if fmt == "table":
-        import pyarrow as pa
+        from .access.connect import first_rows
 
-        batches, n = [], 0
-        for batch in reader:
-            batches.append(batch)
-            n += batch.num_rows
-            if n > max_rows:
-                break
-        table = pa.Table.from_batches(batches, schema=reader.schema)
-        _emit(table.slice(0, max_rows).to_pandas(), fmt)
-        if n > max_rows:
+        table, truncated = first_rows(reader, max_rows)
+        _emit(table.to_pandas(), fmt)
+        if truncated:
             click.echo(
                 f"(stopped at {max_rows:,} rows: --max-rows; --format csv streams every row)", err=True
             )

@@ -91,3 +91,18 @@ def connect(
             )
             con.execute(temp)
     return con
+
+
+def first_rows(reader, max_rows: int):
+    """At most max_rows rows of an Arrow batch reader as a table, and whether more existed: reads one batch
+    past the limit at most, whatever the result's size."""
+    import pyarrow as pa
+
+    batches, n = [], 0
+    for batch in reader:
+        batches.append(batch)
+        n += batch.num_rows
+        if n > max_rows:
+            break
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    return table.slice(0, max_rows), n > max_rows

@@ -30,7 +30,7 @@ from sqlglot import exp
 
 from ..errors import HmbaError
 from ..store.catalog import CATALOG
-from .connect import connect
+from .connect import connect, first_rows
 
 # Function names that read files, the network, settings or the environment, or run SQL text.
 DENIED_FUNCTIONS = re.compile(
@@ -171,13 +171,7 @@ def run_safe(
     timer = threading.Timer(timeout, con.interrupt)
     timer.start()
     try:
-        reader = con.sql(sql).to_arrow_reader(min(max_rows + 1, 100_000))
-        batches, n = [], 0
-        for batch in reader:
-            batches.append(batch)
-            n += batch.num_rows
-            if n > max_rows:
-                break
+        table, truncated = first_rows(con.sql(sql).to_arrow_reader(min(max_rows + 1, 100_000)), max_rows)
     except duckdb.InterruptException as e:
         raise UnsafeQuery(f"the query ran longer than the {timeout:g} s time limit and was stopped") from e
     except duckdb.OutOfMemoryException as e:
@@ -190,11 +184,7 @@ def run_safe(
         raise UnsafeQuery(" ".join(str(e).split())) from e
     finally:
         timer.cancel()
-    import pyarrow as pa
-
-    table = pa.Table.from_batches(batches, schema=reader.schema) if batches else reader.schema.empty_table()
-    truncated = table.num_rows > max_rows
-    return SafeResult(table.slice(0, max_rows).to_pandas(), truncated)
+    return SafeResult(table.to_pandas(), truncated)
 
 
 __all__ = ["CATALOG", "UnsafeQuery", "SafeResult", "check_sql", "run_safe", "safe_connect"]
