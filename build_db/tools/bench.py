@@ -23,6 +23,7 @@ import numpy as np
 
 from ..release import layout as R
 from ..release.h5ad import CsrReader
+from ..store.paths import files_root
 
 
 def _tree_rss(pid: int) -> int:
@@ -132,7 +133,7 @@ def build_ladder(out: Path, scales: list[float]) -> list[dict]:
         took, peak = run_measured([*exe, "build", str(release), str(store), "--quiet", *extra])
         info = json.loads((store / "build.json").read_text())
         nnz = sum(v["nnz"] for v in info["species"].values())
-        size = _du(store / "expression")
+        size = _du(files_root(store) / "expression")
         rows.append(
             {
                 "label": label,
@@ -142,7 +143,7 @@ def build_ladder(out: Path, scales: list[float]) -> list[dict]:
                 "store_bytes": size,
                 "floor_seconds": floor,
                 "stats_seconds": info["statistics"]["seconds"],
-                "stats_bytes": _du(store / "aggregates"),
+                "stats_bytes": _du(files_root(store) / "aggregates"),
             }
         )
         print(
