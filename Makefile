@@ -83,7 +83,7 @@ db: $(STAMP) ## download SPECIES (default Marmoset) of the real release and buil
 
 docs: $(STAMP) ## regenerate the manual's generated parts (named-analysis examples from a demo-store run, the data dictionary)
 	@test -f $(DATA)/demo-store/catalog.duckdb || { echo "no $(DATA)/demo-store: run make demo first"; exit 1; }
-	$(BIN)/python -m build_db.tools.readme $(DATA)/demo-store docs/analyses.md
+	$(BIN)/python -m build_db.tools.docs $(DATA)/demo-store
 	$(BIN)/python -m build_db.store.schema --write docs/data-dictionary.md
 
 clean: ## remove generated data, caches and the virtualenv

@@ -1,7 +1,8 @@
 -- name: umap_by_gene
 -- title: UMAP coordinates of cells coloured by one gene
 -- description: Each cell's UMAP position with its log2(CPM+1) of one gene (0 where not detected) and its
--- Group, for one species; at most max_cells cells, a fixed pseudo-random subset when there are more.
+-- Group, for one species; at most max_cells cells, a fixed pseudo-random subset when there are more. Only
+-- cells with UMAP coordinates are drawn: the release gives them to cells with a cluster (about two thirds).
 -- param species species = Human: Species
 -- param gene gene = DRD1: Gene symbol
 -- param max_cells int = 100000: Most cells returned

@@ -89,7 +89,7 @@ def test_readme_data_dictionary_is_current():
 def test_readme_named_analyses_are_current():
     """Titles, descriptions, parameter tables and example commands come from queries/; the outputs from
     `make readme` (a run on the demo store)."""
-    from build_db.tools.readme import main as readme
+    from build_db.tools.docs import main as readme
 
     assert readme(["--check", str(ROOT / "docs" / "analyses.md")]) == 0, "run: make demo && make docs"
 

@@ -1,0 +1,175 @@
+"""The generated parts of the README and docs/, from `queries/` and real runs on the demo store.
+
+    python -m build_db.tools.docs data/demo-store        # regenerate (what `make docs` runs)
+    python -m build_db.tools.docs --check                # the named analyses' headers, tables, commands
+
+Two parts. In docs/analyses.md, between `<!-- named-analyses:start -->` and `<!-- named-analyses:end -->`:
+per query its title, description, parameter table, the example command with its output (first rows,
+numbers to 4 significant digits) and the picture `--plot` draws. Everywhere else: the output of every
+`$ hmba-db sql|query|info|verify|check ...` example, as the command prints it now. Tests run every such
+command (tests/test_docs.py) and check the named analyses' text against queries/.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ..access.queries import list_queries, run_query
+
+START, END = "<!-- named-analyses:start -->", "<!-- named-analyses:end -->"
+DOC = "docs/analyses.md"
+ROWS = 8
+STORE_SHOWN = "data/demo-store"  # the store name the examples show
+
+
+def _cell(v):
+    if isinstance(v, float):
+        return "NULL" if v != v else f"{v:.4g}"
+    return "NULL" if v is None else v
+
+
+def _output(df: pd.DataFrame) -> str:
+    shown = df.head(ROWS).astype(object).map(_cell)
+    return shown.to_string(index=False)
+
+
+def section(store: Path | None) -> str:
+    """The section's text; with no store, the example outputs are `...` (what --check compares)."""
+    con = None
+    if store is not None:
+        from ..access.connect import connect
+
+        con = connect(store)
+    out = []
+    for q in list_queries().values():
+        out.append(f"#### `{q.name}`: {q.title}\n\n{q.description}\n")
+        out.append("| parameter | type | default | meaning |\n|---|---|---|---|")
+        for p in q.params:
+            default = "(required)" if p.default is None else p.default
+            out.append(f"| `{p.name}` | {p.type} | {default} | {p.description} |")
+        args = " ".join(f"--param {shlex.quote(f'{k}={v}')}" for k, v in q.example.items())
+        out.append(f"\n```\n$ hmba-db query {STORE_SHOWN} {q.name}{' ' + args if args else ''}")
+        out.append(_output(run_query(con, q.name, **q.example)) if con is not None else "...")
+        out.append("```\n")
+        plot = ""
+        if q.plot:
+            opts = ", ".join(f"{k}={v}" for k, v in q.plot.options.items())
+            plot = f"; `--plot` draws a {q.plot.kind} of {opts}"
+        out.append(f'Python: `build_db.run_query(store, "{q.name}", ...)`{plot}.\n')
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _split(text: str) -> tuple[str, str, str]:
+    if START not in text or END not in text:
+        raise SystemExit(f"no {START} ... {END} section in that file")
+    head, rest = text.split(START, 1)
+    body, tail = rest.split(END, 1)
+    return head, body, tail
+
+
+def without_outputs(body: str) -> str:
+    """The section with every example's output replaced by `...`."""
+    return re.sub(r"(```\n\$ hmba-db query [^\n]*\n)(.*?)(```)", r"\1...\n\3", body, flags=re.S)
+
+
+def main(argv: list[str]) -> int:
+    root = Path(__file__).resolve().parents[2]
+    if argv and argv[0] == "--check":
+        doc = Path(argv[1]) if len(argv) > 1 else root / DOC
+        _, body, _ = _split(doc.read_text())
+        if without_outputs(body).strip() != section(None).strip():
+            print(f"{doc}: the named analyses are out of date; run `make docs`", file=sys.stderr)
+            return 1
+        return 0
+    store = Path(argv[0])
+    doc = root / DOC
+    head, _, tail = _split(doc.read_text())
+    doc.write_text(f"{head}{START}\n{section(store)}{END}{tail}")
+    from click.testing import CliRunner
+
+    from ..cli import main as cli
+
+    def run(args: list[str]) -> str:
+        args = [str(store) if a == STORE_SHOWN else a for a in args]
+        return (
+            CliRunner()
+            .invoke(cli, args)
+            .output.replace(str(store.absolute()), str(Path(STORE_SHOWN).absolute()))
+        )
+
+    for page in pages(root):
+        rerun(page, run)
+    return 0
+
+
+# --- every `$ hmba-db ...` example of the README and docs/, re-run ---
+
+RUNNABLE = ("sql", "query", "queries", "info", "verify", "check", "connect-info")  # fast and read-only
+PAGES = ("README.md", "docs")
+
+
+def pages(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def commands(text: str) -> list[tuple[int, int, str, int]]:
+    """Each runnable example: (first line, line after its output, the command text, line after the
+    command) in a page, from fenced blocks whose `$` lines are all `hmba-db` commands we can run."""
+    lines = text.split("\n")
+    found, i = [], 0
+    while i < len(lines):
+        if not lines[i].startswith("```"):
+            i += 1
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
+        starts = [j for j in range(i + 1, end) if lines[j].startswith("$ ")]
+        if starts and all(
+            lines[j].startswith("$ hmba-db ") and lines[j].split()[2] in RUNNABLE for j in starts
+        ):
+            for k, j in enumerate(starts):
+                stop = starts[k + 1] if k + 1 < len(starts) else end
+                m = j
+                while True:  # the command goes on while its quotes are open or a line ends with "\"
+                    text_so_far = "\n".join(lines[j : m + 1])[2:]
+                    try:
+                        shlex.split(text_so_far.replace("\\\n", " "))
+                        complete = not lines[m].endswith("\\")
+                    except ValueError:
+                        complete = False
+                    if complete or m + 1 >= stop:
+                        break
+                    m += 1
+                found.append((j, stop, text_so_far, m + 1))
+        i = end + 1
+    return found
+
+
+def args_of(command: str) -> list[str]:
+    return shlex.split(command.replace("\\\n", " "))[1:]  # without the leading `hmba-db`
+
+
+def rerun(page: Path, run) -> None:
+    """Replace each example's output with what `run(args)` prints now (outside the generated section)."""
+    text = page.read_text()
+    lines = text.split("\n")
+    for start, stop, command, after in reversed(commands(text)):
+        if START in text and _inside_section(text, lines, start):
+            continue
+        output = run(args_of(command)).rstrip("\n").split("\n")
+        blank = [""] if stop < len(lines) and lines[stop].startswith("$ ") else []
+        lines[after:stop] = output + blank
+    page.write_text("\n".join(lines))
+
+
+def _inside_section(text: str, lines: list[str], line_no: int) -> bool:
+    before = "\n".join(lines[:line_no])
+    return before.count(START) > before.count(END)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
