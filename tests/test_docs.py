@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from build_db.cli import main
-from build_db.tools.docs import args_of, commands, pages
+from build_db.tools.docs import args_of, commands, pages, python_blocks, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [
@@ -33,3 +33,25 @@ def test_every_example_runs(page, command, tiny_store, tiny_release, tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, f"{page}: {command}\n{r.output}"
     assert "Traceback" not in r.output
+
+
+PYTHON = [
+    (page.relative_to(ROOT), start, end)
+    for page in pages(ROOT)
+    for start, end in python_blocks(page.read_text())
+]
+
+
+@pytest.mark.parametrize("page,start,end", PYTHON, ids=[f"{p}:{s}" for p, s, _ in PYTHON])
+def test_every_python_example_runs(page, start, end, tiny_store):
+    """Each statement runs; one followed by `# ...` lines may show an error, the others may not raise."""
+    import re
+
+    code = (ROOT / page).read_text().split("\n")[start:end]
+    shown = run_python(code, str(tiny_store))
+    assert [ln for ln in shown if not ln.startswith("#")] == [ln for ln in code if not ln.startswith("#")]
+    errors = re.compile(r"^# \w+(Error|Exception): ")
+    # An error only where the page shows one: a value the page shows must come out as a value here too.
+    assert [ln.split(":")[0] for ln in shown if errors.match(ln)] == [
+        ln.split(":")[0] for ln in code if errors.match(ln)
+    ]

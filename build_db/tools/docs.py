@@ -6,8 +6,9 @@
 Two parts. In docs/analyses.md, between `<!-- named-analyses:start -->` and `<!-- named-analyses:end -->`:
 per query its title, description, parameter table, the example command with its output (first rows,
 numbers to 4 significant digits) and the picture `--plot` draws. Everywhere else: the output of every
-`$ hmba-db sql|query|info|verify|check ...` example, as the command prints it now. Tests run every such
-command (tests/test_docs.py) and check the named analyses' text against queries/.
+`$ hmba-db sql|query|info|verify|check ...` example, as the command prints it now, and in ```python blocks
+what each statement followed by `# ...` lines returns (or raises). Tests run every such command and block
+(tests/test_docs.py) and check the named analyses' text against queries/.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def main(argv: list[str]) -> int:
 
     for page in pages(root):
         rerun(page, run)
+        rerun_python(page, str(store.absolute()))
     return 0
 
 
@@ -169,6 +171,76 @@ def rerun(page: Path, run) -> None:
 def _inside_section(text: str, lines: list[str], line_no: int) -> bool:
     before = "\n".join(lines[:line_no])
     return before.count(START) > before.count(END)
+
+
+# --- Python examples: each statement followed by `# ...` lines shows what it returns (or raises) ---
+
+
+def python_blocks(text: str) -> list[tuple[int, int]]:
+    """(first code line, closing fence line) of every ```python block."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        if lines[i].strip() == "```python":
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+            out.append((i + 1, end))
+            i = end
+        i += 1
+    return out
+
+
+def run_python(code: list[str], store: str) -> list[str]:
+    """Execute a block statement by statement (`data/demo-store` read as `store`); return the block with
+    each statement's following comment lines replaced by what it returns, or by `Error: message` when it
+    raises. A statement that raises with no comment after it is an error of the example: raised."""
+    import ast
+    import contextlib
+    import os
+    import tempfile
+
+    kept: list[str] = []
+    after: dict[int, bool] = {}  # a kept line is followed by output lines: its statement shows a value
+    for c in code:
+        if _is_output(c):
+            if kept:
+                after[len(kept) - 1] = True
+        else:
+            kept.append(c)
+    tree = ast.parse("\n".join(kept))
+    namespace: dict = {}
+    out: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        for node in tree.body:
+            text = "\n".join(kept[node.lineno - 1 : node.end_lineno])
+            runnable = text.replace('"data/demo-store"', repr(os.fspath(store)))
+            out += kept[node.lineno - 1 : node.end_lineno]
+            wants = after.get(node.end_lineno - 1, False)
+            try:
+                if isinstance(node, ast.Expr):
+                    value = eval(compile(runnable, "<docs>", "eval"), namespace)  # noqa: S307 - our docs
+                    shown_text = str(value)
+                else:
+                    exec(compile(runnable, "<docs>", "exec"), namespace)  # noqa: S102 - our docs
+                    shown_text = ""
+            except Exception as e:  # noqa: BLE001 - an example may show the error a user gets
+                if not wants:
+                    raise
+                shown_text = f"{type(e).__name__}: {e}"
+            if wants:
+                out += [("# " + ln).rstrip() for ln in shown_text.rstrip().split("\n")]
+            if node is not tree.body[-1] and kept[node.end_lineno : node.end_lineno + 1] == [""]:
+                out.append("")
+    return out
+
+
+def _is_output(line: str) -> bool:
+    return line.startswith("#")
+
+
+def rerun_python(page: Path, store: str) -> None:
+    lines = page.read_text().split("\n")
+    for start, end in reversed(python_blocks("\n".join(lines))):
+        lines[start:end] = run_python(lines[start:end], store)
+    page.write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
