@@ -410,3 +410,8 @@ def test_explicit_zeros_are_dropped_and_counted(release_copy, tmp_path):
     ).fetchone()
     assert n == detected == meta["nnz"] and zeros == 0
     assert files_root(store).is_dir()
+
+
+def test_a_store_in_folders_that_do_not_exist_yet(tiny_release, tmp_path):
+    store = build(tiny_release, tmp_path / "a" / "b" / "store", species=MARMOSET, quiet=True).store
+    assert (store / "catalog.duckdb").exists() and _species(store) == {"Marmoset"}

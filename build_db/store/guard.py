@@ -38,6 +38,7 @@ def build_lock(store: Path):
     """
     path = lock_path(store)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # the build makes the store's parent anyway
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise HmbaError(
