@@ -28,7 +28,8 @@ def store_of(con: duckdb.DuckDBPyConnection) -> Path:
 
 def bucket_files(con: duckdb.DuckDBPyConnection, species: str, buckets) -> list[str]:
     """The Parquet files holding these buckets of a species: naming them skips globbing and pruning."""
-    return [str(bucket_file(store_of(con), species, int(b))) for b in sorted(set(buckets))]
+    root = store_of(con)
+    return [str(bucket_file(root, species, int(b))) for b in sorted(set(buckets))]
 
 
 def connect(

@@ -33,7 +33,8 @@ def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[st
         raise HmbaError(f"unknown species {species!r}; choose from {', '.join(R.SPECIES)}")
     if isinstance(symbols, str):  # one gene given as a string, not its letters
         symbols = [symbols]
-    found = [find_symbol(con, species, s) for s in symbols]
+    find = symbol_finder(con, species)
+    found = [find(s) for s in symbols]
     missing = [s for s, g in zip(symbols, found, strict=True) if g is None]
     if missing:
         hints = [f"{s} (closest: {', '.join(c)})" if (c := closest(con, species, s)) else s for s in missing]
@@ -41,20 +42,26 @@ def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[st
     return found
 
 
-def find_symbol(con: duckdb.DuckDBPyConnection, species: str, token: str) -> GeneMatch | None:
-    """The gene a symbol names: exactly as written, else the one symbol equal to it ignoring case (drd1 is
-    DRD1; a case-folded form shared by two symbols matches neither)."""
-    table = symbol_table(con, species)
-    if token in table:
-        return table[token]
-    key = cache_key(con, "folded", species)
+def symbol_finder(con: duckdb.DuckDBPyConnection, species: str):
+    """A function: symbol -> the gene it names, exactly as written, else the one symbol equal to it ignoring
+    case (drd1 is DRD1; a case-folded form shared by two symbols matches neither); None when unknown.
+    Built once per call site: one look-up of the per-build cache, whatever the number of symbols."""
+    key = cache_key(con, "finder", species)
     if key not in CACHE:
+        table = symbol_table(con, species)
         folded: dict[str, str | None] = {}
         for symbol in table:
             folded[symbol.casefold()] = None if symbol.casefold() in folded else symbol
-        CACHE[key] = folded
-    symbol = CACHE[key].get(str(token).casefold())
-    return table[symbol] if symbol else None
+        CACHE[key] = (table, folded)
+    table, folded = CACHE[key]
+
+    def find(token: str) -> GeneMatch | None:
+        if token in table:
+            return table[token]
+        symbol = folded.get(str(token).casefold())
+        return table[symbol] if symbol else None
+
+    return find
 
 
 def closest(con: duckdb.DuckDBPyConnection, species: str, token: str, n: int = 3) -> list[str]:

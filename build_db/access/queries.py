@@ -32,7 +32,7 @@ from sqlglot import exp
 from ..errors import HmbaError
 from ..release import layout as R
 from .connect import connect
-from .genes import closest, find_symbol
+from .genes import closest, symbol_finder
 
 QUERIES_DIR = Path(__file__).resolve().parents[2] / "queries"
 PARAM_TYPES = {
@@ -261,7 +261,8 @@ def _genes(con, tokens: list[str], species: list[str], pname: str, notes: list[s
         raise HmbaError(f"--param {pname}: give at least one gene symbol", key=pname)
     rows, unknown = [], {t: [] for t in tokens}
     for s in species:
-        found = {t: find_symbol(con, s, t) for t in tokens}
+        find = symbol_finder(con, s)
+        found = {t: find(t) for t in tokens}
         not_symbols = [t for t in tokens if found[t] is None]
         ids = (
             {}
