@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import HmbaError
 from ..release import layout as R
 from ..store.paths import bucket_file
+from ..store.stats import FIELDS_SQL
 from .connect import connect, store_of
 
 STATS_FILE = "precomputed_stats.h5"
@@ -175,13 +176,8 @@ def _from_expression(con, species: str, cells: str, row_of: dict, n_genes: int) 
     try:
         for k in range(int(n_buckets)):
             table = con.sql(
-                """select c.term_label, e.gene_index,
-                    sum(log2(e.raw_count / c.total_counts * 1e6 + 1)) as sum_log2_cpm,
-                    sum(pow(log2(e.raw_count / c.total_counts * 1e6 + 1), 2)) as sumsq_log2_cpm,
-                    count(*) as n_expressing,
-                    count(*) filter (where e.raw_count::bigint * 1000000 > c.total_counts) as n_cpm_gt_1,
-                    count(*) filter (where e.raw_count::bigint * 1000000 >= c.total_counts) as n_cpm_ge_1
-                from read_parquet($file) e join mmc_cells c using (cell_index) group by all""",
+                f"select c.term_label, e.gene_index, {FIELDS_SQL} "
+                "from read_parquet($file) e join mmc_cells c using (cell_index) group by all",
                 params={"file": str(bucket_file(root, species, k))},
             ).to_arrow_table()
             part = _dense(table, row_of, n_genes)

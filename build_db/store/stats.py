@@ -51,6 +51,16 @@ GROUPINGS = {
 # Small row groups: a gene has at most a few thousand rows, so a lookup decodes little beyond them.
 ROW_GROUP = 16_384
 
+# The fields as SQL aggregates over rows `e` (raw_count) joined to cells `c` (total_counts): the expression
+# view's log2 formula and this step's CPM thresholds (in integers, exact at CPM = 1). For sums taken again
+# from the expression files (verify, MapMyCells exports of a cell selection).
+FIELDS_SQL = """count(*) as n_expressing,
+    sum(e.raw_count) as sum_raw,
+    sum(log2(e.raw_count / c.total_counts * 1e6 + 1)) as sum_log2_cpm,
+    sum(pow(log2(e.raw_count / c.total_counts * 1e6 + 1), 2)) as sumsq_log2_cpm,
+    count(*) filter (where e.raw_count::bigint * 1000000 > c.total_counts) as n_cpm_gt_1,
+    count(*) filter (where e.raw_count::bigint * 1000000 >= c.total_counts) as n_cpm_ge_1"""
+
 
 def final_file(store: Path, table: str, species: str, level: str | None = None) -> Path:
     """One file per species (and level), `aggregates/<table>/species=S[/level=L]/part-0.parquet`, sorted by

@@ -16,15 +16,12 @@ import duckdb
 import numpy as np
 
 from ..release import layout as R
+from .catalog import sql_literal as _lit
 from .paths import bucket_file
-from .stats import AGGREGATES, FIELDS, FLOAT_FIELDS, final_file
+from .stats import AGGREGATES, FIELDS, FIELDS_SQL, FLOAT_FIELDS, final_file
 
 SAMPLE_GENES = 8  # recomputed per species: the densest gene and a spread of others
 RTOL = 1e-9  # float sums over the same values in another order
-
-
-def _lit(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _differs(a: str, b: str) -> str:
@@ -154,16 +151,10 @@ def _recompute(con, store: Path, species: str, meta: dict, cluster_file: Path) -
     buckets = sorted({g // per for g in genes})
     sources = ", ".join(_lit(bucket_file(store, species, k)) for k in buckets)
     in_list = ", ".join(str(g) for g in genes)
-    # The expression view's formula and the statistics step's CPM thresholds (in integers, exact at 1).
     bad = _first(
         con,
         f"""with fresh as (
-            select c.cluster_label as term_label, e.gene_index, count(*) as n_expressing,
-                   sum(e.raw_count) as sum_raw,
-                   sum(log2(e.raw_count / c.total_counts * 1e6 + 1)) as sum_log2_cpm,
-                   sum(pow(log2(e.raw_count / c.total_counts * 1e6 + 1), 2)) as sumsq_log2_cpm,
-                   count(*) filter (where e.raw_count::bigint * 1000000 > c.total_counts) as n_cpm_gt_1,
-                   count(*) filter (where e.raw_count::bigint * 1000000 >= c.total_counts) as n_cpm_ge_1
+            select c.cluster_label as term_label, e.gene_index, {FIELDS_SQL}
             from read_parquet([{sources}]) e join cells c using (cell_index)
             where e.gene_index in ({in_list}) and c.cluster_label is not null group by all),
         own as (select term_label::varchar as term_label, gene_index, {", ".join(FIELDS)}

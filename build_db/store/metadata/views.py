@@ -10,11 +10,7 @@ import duckdb
 from ...errors import ReleaseError
 from ...release import layout as R
 from ...release.manifest import layout
-
-
-def sql_literal(path: Path | str) -> str:
-    """A SQL string literal."""
-    return "'" + str(path).replace("'", "''") + "'"
+from ..catalog import sql_literal
 
 
 class MetadataViews:
