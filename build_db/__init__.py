@@ -10,6 +10,7 @@ from .release.check import CheckReport, Problem, check_release  # noqa: E402
 from .release.synth import synth  # noqa: E402
 from .store.build import BuildResult, build  # noqa: E402
 from .store.catalog import relocate  # noqa: E402
+from .store.publish import publish  # noqa: E402
 from .store.verify import verify_store  # noqa: E402
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "check_release",
     "connect",
     "list_queries",
+    "publish",
     "relocate",
     "run_query",
     "synth",

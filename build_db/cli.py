@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shlex
 import sys
 from decimal import Decimal
@@ -47,6 +48,20 @@ def _genes(value: str) -> int | None:
     return n
 
 
+class _StoreOrUrl(click.ParamType):
+    """A store's folder (a Path), or the URL of a published store / a Hadoop URI for Spark (a str)."""
+
+    name = "store"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path):
+            return value
+        return value if re.match(r"^[a-z][a-z0-9+.-]*://", str(value)) else Path(value)
+
+
+STORE_OR_URL = _StoreOrUrl()
+
+
 class _Group(click.Group):
     """Every failure is one line (`Error: ...`, exit 1): our own errors, and the system's (a full disk, a
     permission, memory) with what to do."""
@@ -77,8 +92,21 @@ class _Group(click.Group):
                 raise
             # A store file DuckDB cannot read (damaged, truncated, replaced): say which command to run.
             raise click.ClickException(
-                f"{' '.join(str(e).split())}; run `hmba-db verify` on the store, and rebuild it if that fails"
+                _over_http(e)
+                or f"{' '.join(str(e).split())}; run `hmba-db verify` on the store, and rebuild "
+                "it if that fails"
             ) from e
+
+
+def _over_http(e: Exception) -> str | None:
+    """A DuckDB error reading a published store's file over HTTP, with what to do; None for others."""
+    message = " ".join(str(e).split())
+    if not re.search(r"HTTP (GET|HEAD) error|HTTP Error", message, re.I):
+        return None
+    return (
+        f"{message}; the server of the published store lacks that file or does not answer: upload every "
+        "file published.json lists, or publish again for the URL it is served at"
+    )
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -400,7 +428,7 @@ def _emit(df, fmt: str) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE_OR_URL)
 @click.argument("query", metavar="SQL")
 @click.option(
     "--format",
@@ -469,7 +497,7 @@ def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads):
             return
         _stream(rel.to_arrow_reader(STREAM_ROWS), fmt, max_rows)
     except duckdb.Error as e:
-        raise click.ClickException(" ".join(str(e).split())) from e
+        raise click.ClickException(_over_http(e) or " ".join(str(e).split())) from e
 
 
 def _json_safe(row: dict) -> dict:
@@ -580,6 +608,39 @@ def relocate(store):
 
 
 @main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option(
+    "--base-url",
+    required=True,
+    metavar="URL",
+    help="Where STORE will be served: https://HOST/PATH or s3://BUCKET/PATH (the folder of STORE's files).",
+)
+def publish(store, base_url):
+    """Write STORE/published.duckdb: a catalog for STORE served at URL, read over HTTP(S) or S3.
+
+    Its views name every Parquet file by URL (a web server has no folder listing); the small tables are
+    inside it. Upload the files STORE/published.json lists (or the whole folder) to URL, then open it with
+    build_db.connect(URL), `hmba-db sql URL ...`, or plain DuckDB: ATTACH 'URL/published.duckdb' (READ_ONLY).
+    Run it again after each rebuild.
+
+    Example:
+
+        hmba-db publish data/store --base-url https://example.org/hmba/store
+    """
+    from .store.publish import publish as run
+
+    record = run(store, base_url)
+    n, size = len(record["files"]), record["bytes"]
+    click.echo(f"wrote {Path(store) / 'published.duckdb'} for {record['base_url']}")
+    click.echo(
+        f"serve these {n:,} files ({size / 2**20:,.1f} MiB; listed in {Path(store) / 'published.json'})"
+    )
+    click.echo(
+        f"open with: build_db.connect({record['base_url']!r}) or ATTACH {record['catalog_url']!r} (READ_ONLY)"
+    )
+
+
+@main.command()
 @click.argument("name", required=False)
 def queries(name):
     """List the named analyses (queries/*.sql) with their parameters; with NAME, show one and its SQL.
@@ -618,7 +679,7 @@ def _params(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE_OR_URL)
 @click.argument("name")
 @click.option(
     "--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A parameter; repeat for more."
@@ -635,7 +696,14 @@ def _params(values: tuple[str, ...]) -> dict[str, str]:
     "--plot", type=click.Path(path_type=Path), help="Also draw the analysis's picture to this file."
 )
 @click.option("--show-sql", is_flag=True, help="Print the SQL with parameters filled in, and do not run it.")
-def query(store, name, params, fmt, plot, show_sql):
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+    help="Run on DuckDB, or on Spark (local[2]; STORE may then be a Hadoop URI such as s3a://...).",
+)
+def query(store, name, params, fmt, plot, show_sql, engine):
     """Run the named analysis NAME on STORE (`hmba-db queries` lists them and their parameters).
 
     Gene symbols are checked and resolved to their (species, gene_index, gene_bucket) first, so the query
@@ -657,15 +725,21 @@ def query(store, name, params, fmt, plot, show_sql):
         from .access.plots import plot_path
 
         plot = plot_path(plot)  # before the query runs: a bad path costs nothing
-    con = connect(store)
+    if engine == "spark":
+        from .access.spark import execute_spark, local_session, resolver, to_spark_sql
+
+        spark = local_session()
+        con = resolver(spark, store)
+    else:
+        con = connect(store)
     rendered = render(con, q, _params(params))
     for note in rendered.notes:
         click.echo(f"note: {note}", err=True)
     if show_sql:
-        click.echo(rendered.sql)
+        click.echo(to_spark_sql(rendered.sql) if engine == "spark" else rendered.sql)
         return
     t0 = time.perf_counter()
-    df = execute(con, rendered)
+    df = execute_spark(spark, rendered) if engine == "spark" else execute(con, rendered)
     took = time.perf_counter() - t0
     _emit(df, fmt)
     click.echo(f"({len(df):,} rows in {took * 1000:.0f} ms)", err=True)

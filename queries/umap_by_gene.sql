@@ -29,5 +29,6 @@ final as (
 
 select cell_label, x, y, log2_cpm, group_name
 from final
-order by hash(cell_index)
+-- A multiplicative hash (a bijection on 32-bit integers): the same subset on every engine.
+order by (cell_index * 2654435761) % 4294967296
 limit $max_cells

@@ -11,19 +11,19 @@ import duckdb
 
 from ..errors import HmbaError
 from ..store.catalog import CATALOG, VIEW_ORDER, recorded_path, sql_literal, view_sql
-from ..store.paths import bucket_file, files_root
+from ..store.paths import bucket_file, files_root, is_url
 
 
-def store_of(con: duckdb.DuckDBPyConnection) -> Path:
+def store_of(con: duckdb.DuckDBPyConnection) -> Path | str:
     """The folder of files a connection reads (its store's snapshot): as connect() set it, else as the
-    catalog records it."""
+    catalog records it. A URL (a string) for a published store opened over the network."""
     rows = con.execute("select getvariable('hmba_store')").fetchall()
     path = rows[0][0] if rows and rows[0][0] else recorded_path(con)
     if not path:
         raise HmbaError(
             "this connection is not to an hmba-db catalog (no store_info); use build_db.connect(STORE)"
         )
-    return Path(path)
+    return path if is_url(path) else Path(path)
 
 
 def bucket_files(con: duckdb.DuckDBPyConnection, species: str, buckets) -> list[str]:
@@ -33,7 +33,12 @@ def bucket_files(con: duckdb.DuckDBPyConnection, species: str, buckets) -> list[
 
 
 def connect(
-    store: Path | str, *, read_only: bool = True, threads: int | None = None, private: bool = False
+    store: Path | str,
+    *,
+    read_only: bool = True,
+    threads: int | None = None,
+    private: bool = False,
+    setup: tuple[str, ...] = (),
 ) -> duckdb.DuckDBPyConnection:
     """Open the store's catalog: a DuckDB connection with every table and view registered.
 
@@ -43,10 +48,17 @@ def connect(
     otherwise shares one instance per file within a process), so settings made on it, such as the
     sandbox's, touch no other connection.
 
+    A URL (`https://...`, `s3://...`) opens a store published for it (`hmba-db publish`), read-only, over
+    DuckDB's httpfs extension; `setup` statements run first (e.g. `CREATE SECRET` for a private bucket).
+
     Example:
         >>> con = connect("data/demo-store")  # doctest: +SKIP
         >>> con.sql("select species, count(*) from cells group by species").df()  # doctest: +SKIP
     """
+    if is_url(store):
+        from .remote import connect_url
+
+        return connect_url(store, threads=threads, setup=setup)
     store = Path(store).absolute()
     path = store / CATALOG
     if not path.exists():
@@ -84,6 +96,9 @@ def connect(
         ) from e
     root = files_root(store)  # the current snapshot: where this build's files are
     con.execute("set variable hmba_store = ?", [str(root)])  # analyses read the files directly
+    # Parquet footers parsed once per file and process, not per query (a snapshot's files never change):
+    # most of a warm one-gene query's time otherwise, with one footer per bucket and statistics file.
+    con.execute("set parquet_metadata_cache = true")
     recorded = recorded_path(con)
     if recorded is None or Path(recorded) != root:
         for name in VIEW_ORDER:

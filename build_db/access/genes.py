@@ -4,6 +4,7 @@ and the per-store-build cache the access side keeps."""
 from __future__ import annotations
 
 import difflib
+import weakref
 from dataclasses import dataclass
 
 import duckdb
@@ -78,12 +79,19 @@ def closest(con: duckdb.DuckDBPyConnection, species: str, token: str, n: int = 3
 CACHE: dict[tuple, object] = {}
 
 
+# Per connection, the build it reads (a connection stays on one snapshot for its life): two round trips to
+# DuckDB saved per look-up, which is most of resolving a few symbols.
+_BUILD_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def cache_key(con: duckdb.DuckDBPyConnection, *parts) -> tuple:
-    # The snapshot folder names the build; the build id (or, before snapshots, the build time) as well.
-    built = con.execute(
-        "select value from store_info where key in ('build_id', 'built_at') order by key"
-    ).fetchall()
-    return (str(store_of(con)), *(b[0] for b in built), *parts)
+    if con not in _BUILD_OF:
+        # The snapshot folder names the build; the build id (or, before snapshots, the build time) as well.
+        built = con.execute(
+            "select value from store_info where key in ('build_id', 'built_at') order by key"
+        ).fetchall()
+        _BUILD_OF[con] = (str(store_of(con)), *(b[0] for b in built))
+    return (*_BUILD_OF[con], *parts)
 
 
 def symbol_table(con: duckdb.DuckDBPyConnection, species: str) -> dict[str, GeneMatch]:

@@ -375,13 +375,48 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
             values["gene_indexes"] = sorted({r[4] for r in selected})
             values["gene_buckets"] = sorted({r[5] for r in selected})
     tree = _parse(query)
+    lists = [p.name for p in query.params if p.type == "species_list"]
+    if selected and lists:
+        _per_species(tree, selected, lists[0])
     for ph in list(tree.find_all(exp.Placeholder)):
         _substitute(ph, values[ph.this])
     if selected:
         for table in list(tree.find_all(exp.Table)):
             if table.name == SELECTED_GENES and not table.args.get("db"):
                 table.replace(_values_table(selected, table.alias or SELECTED_GENES))
-    return Rendered(query, tree.sql(dialect="duckdb", pretty=True), values, notes)
+    return Rendered(query, tree.sql(dialect="duckdb", pretty=True, copy=False), values, notes)
+
+
+def _per_species(tree: exp.Expression, selected: list[tuple], species_param: str) -> None:
+    """A SELECT filtering on the species list and `$gene_indexes` becomes a UNION ALL of one SELECT per
+    species, each with that species' own gene indexes and buckets: a gene's index differs between species,
+    so one list for all of them would read each species' row groups for the other species' genes too."""
+    by_species: dict[str, list[tuple]] = {}
+    for r in selected:
+        by_species.setdefault(r[0], []).append(r)
+    if len(by_species) < 2:
+        return
+    for select in list(tree.find_all(exp.Select)):
+        where = select.args.get("where")
+        names = {ph.this for ph in where.find_all(exp.Placeholder)} if where else set()
+        if not {"gene_indexes", species_param} <= names:
+            continue
+        parts = []
+        for species, rows in by_species.items():
+            part = select.copy()
+            own = {
+                species_param: [species],
+                "gene_indexes": sorted({r[4] for r in rows}),
+                "gene_buckets": sorted({r[5] for r in rows}),
+            }
+            for ph in list(part.args["where"].find_all(exp.Placeholder)):
+                if ph.this in own:
+                    _substitute(ph, own[ph.this])
+            parts.append(part)
+        union = parts[0]
+        for part in parts[1:]:
+            union = exp.union(union, part, distinct=False)
+        select.replace(union)
 
 
 def _substitute(ph: exp.Placeholder, value) -> None:
@@ -403,20 +438,41 @@ def _substitute(ph: exp.Placeholder, value) -> None:
 
 
 def _values_table(rows: list[tuple], alias: str) -> exp.Expression:
-    values = ", ".join("(" + ", ".join(exp.convert(v).sql("duckdb") for v in r) + ")" for r in rows)
-    select = sqlglot.parse_one(
-        f"select * from (values {values}) as {alias}({', '.join(SELECTED_COLUMNS)})", read="duckdb"
+    """`(VALUES (...), ...) AS alias(columns)`, built as nodes (no SQL text generated and parsed again:
+    this is most of a query's rendering time otherwise)."""
+
+    def literal(v) -> exp.Expression:
+        if isinstance(v, str):
+            return exp.Literal.string(v)
+        return exp.Literal.number(int(v))
+
+    return exp.Values(
+        expressions=[exp.Tuple(expressions=[literal(v) for v in r]) for r in rows],
+        alias=exp.TableAlias(
+            this=exp.to_identifier(alias), columns=[exp.to_identifier(c) for c in SELECTED_COLUMNS]
+        ),
     )
-    return select.args["from_"].this if "from_" in select.args else select.args["from"].this
 
 
-def run_query(store_or_con, name: str, **params) -> pd.DataFrame:
+def run_query(store_or_con, name: str, *, engine: str = "duckdb", spark=None, **params) -> pd.DataFrame:
     """Run a named query; returns a DataFrame (attrs: query name, the SQL run, notes).
+
+    `engine="spark"` runs it on Spark instead (the SQL transpiled by sqlglot): `store_or_con` is then the
+    store's path or Hadoop URI (`s3a://...`), `spark` a SparkSession (default: a local[2] one).
 
     Example:
         >>> run_query("data/demo-store", "markers", term="STRd D1 Matrix MSN", n=10)  # doctest: +SKIP
+        >>> run_query("s3a://b/store", "dotplot", engine="spark", spark=spark, genes="DRD1")  # doctest: +SKIP
     """
+    if engine == "spark":
+        from .spark import execute_spark, local_session, resolver
 
+        if isinstance(store_or_con, duckdb.DuckDBPyConnection):
+            raise HmbaError("engine='spark' takes the store's path or URI, not a DuckDB connection")
+        spark = spark if spark is not None else local_session()
+        return execute_spark(spark, render(resolver(spark, store_or_con), get_query(name), params))
+    if engine != "duckdb":
+        raise HmbaError(f"engine={engine!r}: choose duckdb or spark", key="engine")
     con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
     return execute(con, render(con, get_query(name), params))
 

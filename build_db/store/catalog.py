@@ -22,6 +22,7 @@ from . import schema as S
 from .paths import CATALOG, files_root
 
 STORAGE_VERSION = "v1.1.0"  # readable by DuckDB >= 1.1 (tested with 1.1.3), which BI drivers embed
+CATALOG_ONLY = ("term_cell_counts", "store_info", "licence")  # tables the catalog computes
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 # Dependencies first; the *_sums views read Parquet files, the *_stats views read them.
 VIEW_ORDER = (
@@ -118,7 +119,9 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
             con.execute(view_sql(name, files_at))
     rows = {**info, "store_path": str(bound_to)}
     con.executemany("insert into store_info values (?, ?)", list(rows.items()))
-    _comment(con)
+    for t in CATALOG_ONLY:  # as Parquet too, for engines that do not read catalog.duckdb (Spark)
+        con.execute(f"copy {t} to {sql_literal(files_at / 'tables' / (t + '.parquet'))} (format parquet)")
+    write_comments(con)
     con.execute("use memory")
     con.execute("detach catalog")
     con.close()
@@ -140,7 +143,7 @@ def _term_cell_counts(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def _comment(con: duckdb.DuckDBPyConnection) -> None:
+def write_comments(con: duckdb.DuckDBPyConnection) -> None:
     for t in S.ALL:
         kind = "view" if t.kind == "view" else "table"
         con.execute(f"comment on {kind} {t.name} is {sql_literal(t.description)}")
@@ -171,7 +174,7 @@ def relocate(store: Path) -> tuple[str, str]:
         old = recorded_path(con)
         for name in VIEW_ORDER:
             con.execute(view_sql(name, root))
-        _comment(con)
+        write_comments(con)
         con.execute("update store_info set value = ? where key = 'store_path'", [str(root)])
     finally:
         con.close()

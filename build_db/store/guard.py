@@ -18,6 +18,7 @@ from ..errors import HmbaError
 # without --force.
 STORE_ENTRIES = frozenset(
     {"catalog.duckdb", "catalog.duckdb.wal", "build.json", "snapshots", "expression", "tables", "aggregates"}
+    | {"published.duckdb", "published.json"}  # hmba-db publish
 )
 STAGING_BYTES_PER_NZ = 10  # measured: scatter runs of (gene, cell, count) for the largest species
 DISK_MARGIN = 1 << 30  # keep 1 GiB free beyond the estimate

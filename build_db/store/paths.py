@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -24,11 +25,19 @@ SNAPSHOTS = "snapshots"
 RETIRED = "RETIRED"  # in a snapshot that is no longer current: when it stopped being current
 
 
+def is_url(where: object) -> bool:
+    """A published store's address (`https://...`, `s3://...`), not a local path."""
+    return isinstance(where, str) and re.match(r"^[a-z][a-z0-9+.-]*://", where) is not None
+
+
 def bucket_dir(store: Path, species: str, k: int) -> Path:
     return Path(store) / "expression" / f"species={species}" / f"gene_bucket={k:04d}"
 
 
-def bucket_file(store: Path, species: str, k: int) -> Path:
+def bucket_file(store: Path | str, species: str, k: int) -> Path | str:
+    """A bucket's file; under a URL (a published store read over the network) its URL."""
+    if is_url(store):
+        return f"{store.rstrip('/')}/expression/species={species}/gene_bucket={k:04d}/part-0.parquet"
     return bucket_dir(store, species, k) / "part-0.parquet"
 
 

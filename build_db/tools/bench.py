@@ -377,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     soma_scales = [float(x) for x in args.soma_scales.split(",") if x]
     print("### queries\n\n" + query_table(query_ladder(args.out, scales, soma_scales)) + "\n")
     print("### analyses\n\n" + analysis_table(analysis_ladder(args.out, scales)))
+    from .bench_remote import remote_rows, remote_table, spark_rows, spark_table
+
+    first = args.out / f"store-{scales[0]:g}"
+    print(f"\n### store-{scales[0]:g} published over HTTP\n\n" + remote_table(*remote_rows(first)))
+    print(f"\n### store-{scales[0]:g}: Spark against DuckDB\n\n" + spark_table(spark_rows(first)))
     return 0
 
 

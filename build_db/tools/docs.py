@@ -151,8 +151,25 @@ def commands(text: str) -> list[tuple[int, int, str, int]]:
     return found
 
 
+def prose_commands(text: str) -> list[str]:
+    """The concrete `hmba-db ...` commands outside `$` examples: inline code spans with arguments and
+    plain fenced lines (`hmba-db export mapmycells data/store ...`). Placeholders (`STORE`, `DEST`, ...:
+    an argument in capitals) mark a synopsis, not an example, and are left out."""
+    found = []
+    spans = re.findall(r"`(hmba-db [^`]+)`", text)
+    fenced = [ln for ln in text.split("\n") if ln.startswith("hmba-db ")]
+    for command in spans + fenced:
+        args = args_of(command)
+        if len(args) < 2 or any(re.fullmatch(r"[A-Z_]{3,}|\[.*\]|\.\.\.", a) for a in args):
+            continue
+        if args[:2] == ["export", "mapmycells"] and len(args) == 2:
+            continue
+        found.append(command)
+    return found
+
+
 def args_of(command: str) -> list[str]:
-    return shlex.split(command.replace("\\\n", " "))[1:]  # without the leading `hmba-db`
+    return shlex.split(command.replace("\\\n", " "), comments=True)[1:]  # without the leading `hmba-db`
 
 
 def rerun(page: Path, run) -> None:
@@ -176,10 +193,18 @@ def _inside_section(text: str, lines: list[str], line_no: int) -> bool:
 # --- Python examples: each statement followed by `# ...` lines shows what it returns (or raises) ---
 
 
+NOT_RUN = "<!-- not run:"  # before a ```python block that needs what tests cannot have (a cluster, a bucket)
+
+
 def python_blocks(text: str) -> list[tuple[int, int]]:
-    """(first code line, closing fence line) of every ```python block."""
+    """(first code line, closing fence line) of every ```python block, but those after a `<!-- not run:
+    reason -->` line."""
     lines, out, i = text.split("\n"), [], 0
     while i < len(lines):
+        before = next((ln for ln in reversed(lines[:i]) if ln.strip()), "")
+        if lines[i].strip() == "```python" and before.startswith(NOT_RUN):
+            i = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```")) + 1
+            continue
         if lines[i].strip() == "```python":
             end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
             out.append((i + 1, end))
