@@ -479,6 +479,11 @@ def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads):
     from .access.connect import connect
 
     query = _read_sql(query)
+    if safe and isinstance(store, str):
+        raise click.ClickException(
+            f"{store}: --safe runs on a local store only (its sandbox allows no network access); "
+            "run untrusted SQL against a local copy of the store"
+        )
     if safe:
         from .access.sandbox import run_safe
 

@@ -198,6 +198,13 @@ def test_connect_errors_are_one_line(served, tmp_path):
     assert victim.relative_to(store).as_posix() in r.stderr and "published.json" in r.stderr
 
 
+def test_safe_sql_is_for_local_stores(served):
+    _, url, *_ = served
+    r = CliRunner().invoke(main, ["sql", url, "--safe", "select 1"])
+    assert r.exit_code == 1 and "--safe runs on a local store only" in r.output
+    assert "Traceback" not in r.output
+
+
 def test_publish_refuses_what_it_cannot_serve(tmp_path, tiny_store):
     with pytest.raises(HmbaError, match="not a base URL"):
         publish(tiny_store, "ftp://example.org/x")
