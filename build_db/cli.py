@@ -56,7 +56,9 @@ class _StoreOrUrl(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, Path):
             return value
-        return value if re.match(r"^[a-z][a-z0-9+.-]*://", str(value)) else Path(value)
+        from .store.paths import is_url
+
+        return value if is_url(str(value)) else Path(value)
 
 
 STORE_OR_URL = _StoreOrUrl()
@@ -626,7 +628,7 @@ def publish(store, base_url):
     Its views name every Parquet file by URL (a web server has no folder listing); the small tables are
     inside it. Upload the files STORE/published.json lists (or the whole folder) to URL, then open it with
     build_db.connect(URL), `hmba-db sql URL ...`, or plain DuckDB: ATTACH 'URL/published.duckdb' (READ_ONLY).
-    Run it again after each rebuild.
+    Later builds of STORE publish it again for the same URL (upload the new files then).
 
     Example:
 

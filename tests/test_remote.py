@@ -212,3 +212,21 @@ def test_publish_refuses_what_it_cannot_serve(tmp_path, tiny_store):
         publish(tmp_path, "https://example.org/x")
     r = CliRunner().invoke(main, ["publish", str(tmp_path), "--base-url", "https://example.org/x"])
     assert r.exit_code == 1 and r.output.startswith("Error: ") and "Traceback" not in r.output
+
+
+def test_a_rebuild_republishes_for_the_same_url(tiny_release, tmp_path):
+    """The published catalog follows the store: a rebuild rewrites it for the new snapshot."""
+    from build_db import build
+
+    store = tmp_path / "store"
+    build(tiny_release, store, species=("Marmoset",), quiet=True)
+    first = publish(store, "https://example.org/hmba/store")
+    build(tiny_release, store, species=("Marmoset",), quiet=True, keep_old=0)
+    again = json.loads((store / "published.json").read_text())
+    assert again["base_url"] == "https://example.org/hmba/store/"
+    assert again["build_id"] != first["build_id"]
+    assert again["build_id"] == json.loads((store / "build.json").read_text())["build_id"]
+    con = duckdb.connect()
+    con.execute(f"attach '{store / 'published.duckdb'}' as p (read_only)")
+    sql = con.execute("select sql from duckdb_views() where view_name = 'expression_counts'").fetchall()[0][0]
+    assert f"snapshots/{again['build_id']}/" in sql and first["build_id"] not in sql

@@ -23,7 +23,7 @@ import sqlglot
 from ..errors import HmbaError
 from ..store import schema as S
 from ..store.catalog import VIEW_ORDER, view_sql
-from ..store.paths import BUILD_JSON, SNAPSHOTS
+from ..store.paths import BUILD_JSON, SNAPSHOTS, is_url
 
 SPARK_TYPES = {
     "VARCHAR": "string",
@@ -82,10 +82,8 @@ def local_session(app_name: str = "hmba-db"):
 
 
 def _uri(store) -> str:
-    s = str(store)
-    if re.match(r"^[a-z][a-z0-9+.-]*:", s):
-        return s.rstrip("/")
-    return Path(s).absolute().as_uri()
+    """A Hadoop URI for the store: as given when it is one, else the local path as file://."""
+    return str(store).rstrip("/") if is_url(str(store)) else Path(store).absolute().as_uri()
 
 
 def _hadoop(spark, uri: str):

@@ -8,6 +8,7 @@ never see a half-written one and a failed build leaves the previous store untouc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -226,6 +227,7 @@ def _build(
     _publish(staging, store, build_id, keep_old)
     if not bound:
         relocate(store)
+    _republish(store, rep)
     result.seconds = time.monotonic() - t0
     total = sum(v["nnz"] for v in result.species.values())
     rep.log(
@@ -233,6 +235,26 @@ def _build(
         f"({total / max(result.seconds, 1e-9) / 1e6:.1f} M non-zeros/s)"
     )
     return result
+
+
+def _republish(store: Path, rep) -> None:
+    """A store published for a URL (`hmba-db publish`) gets its published catalog rewritten for the new
+    build, so it never names a snapshot that a later build retires; the new files still need uploading."""
+    from .publish import PUBLISHED_JSON, publish
+
+    record = Path(store) / PUBLISHED_JSON
+    if not record.exists():
+        return
+    try:
+        base = json.loads(record.read_text())["base_url"]
+    except (OSError, ValueError, KeyError):
+        rep.log(f"  note: {record} is unreadable; run hmba-db publish {store} --base-url URL again")
+        return
+    done = publish(store, base)
+    rep.log(
+        f"re-published {store} for {base}: upload the {len(done['files']):,} files {record.name} lists "
+        "(the new snapshot and published.duckdb)"
+    )
 
 
 def _fingerprints(release: Path, species, entries, lay: Layout) -> dict:
