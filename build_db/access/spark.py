@@ -168,13 +168,14 @@ def _with_file_views(spark, sql: str, root: str, view: S.Table) -> str:
 
 # --- the named queries on Spark ---
 
-_REGISTERED: dict[tuple[int, str], duckdb.DuckDBPyConnection] = {}
+_REGISTERED: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
 
 
 def resolver(spark, store) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB holding the small tables the parameters are resolved against (gene symbols,
     taxonomy terms, built species), read from Spark once per session and store."""
-    key = (id(spark), _uri(store))
+    # Per SparkContext (a stopped session's object id may come back) and store.
+    key = (spark.sparkContext.applicationId, _uri(store))
     if key not in _REGISTERED:
         register(spark, store)
         con = duckdb.connect()
