@@ -183,6 +183,7 @@ def resolver(spark, store) -> duckdb.DuckDBPyConnection:
             con.register(f"_{t}", spark.table(t).toArrow())
             con.execute(f"create table {t} as select * from _{t}")
             con.unregister(f"_{t}")
+        # Parameter resolution reads only the built species from cell_totals: one row per species stands in.
         built = [r.species for r in spark.sql("select distinct species from cells").collect()]
         con.execute("create table cell_totals (species varchar, cell_index integer, total_counts bigint)")
         con.executemany("insert into cell_totals values (?, 0, 0)", [[s] for s in built])
