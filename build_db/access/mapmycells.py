@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from ..errors import HmbaError
+from ..files import write_atomic
 from ..release import layout as R
 from ..store.paths import bucket_file
 from ..store.stats import FIELDS_SQL
@@ -114,9 +115,7 @@ def export_mapmycells(
         stats_path = _write_h5(out / STATS_FILE, info, row_of, genes, tree, n_cells, arrays)
         markers = query_markers(tree, row_of, genes, n_cells, arrays, markers_per_child)
         markers_path = out / MARKERS_FILE
-        tmp = markers_path.with_name(MARKERS_FILE + ".partial")
-        tmp.write_text(json.dumps(markers, indent=1) + "\n")
-        tmp.replace(markers_path)
+        write_atomic(markers_path, json.dumps(markers, indent=1) + "\n")
     except OSError as e:
         raise HmbaError(
             f"{out}: cannot write the reference there ({e.strerror}); choose another folder"

@@ -16,22 +16,16 @@ wrong) instead of being trusted for ever.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
+from ..files import write_atomic
 from . import layout as R
 from .manifest import FileEntry
 
 RECORD = "_downloaded_data.json"
 SIDECAR = "_hmba_db_downloads.json"
 LAST_USED = "_manifest_last_used.txt"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class DownloadCache:
@@ -129,8 +123,8 @@ class DownloadCache:
         # abc_atlas_access writes json.dumps(list(paths), indent=2, sort_keys=True); a sorted list is the
         # same document in a stable order.
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.root / RECORD, json.dumps(sorted(self.paths), indent=2))
-        _atomic_write(self.root / SIDECAR, json.dumps(self.meta, indent=1, sort_keys=True) + "\n")
+        write_atomic(self.root / RECORD, json.dumps(sorted(self.paths), indent=2))
+        write_atomic(self.root / SIDECAR, json.dumps(self.meta, indent=1, sort_keys=True) + "\n")
 
     def rewrite_if_needed(self) -> None:
         """Rewrite a record we could not read, or one in hmba-db 0.1's mapping form, as the list."""
@@ -147,4 +141,4 @@ class DownloadCache:
 
 def mark_manifest_used(root: Path, version: str) -> None:
     """`_manifest_last_used.txt`, as abc_atlas_access writes it: the manifest's name, no newline."""
-    _atomic_write(Path(root) / LAST_USED, R.manifest_path(version))
+    write_atomic(Path(root) / LAST_USED, R.manifest_path(version))

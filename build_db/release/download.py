@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HmbaError
+from ..files import write_atomic
 from ..progress import Reporter
 from . import layout as R
 from .cache import DownloadCache, mark_manifest_used
@@ -99,9 +100,7 @@ def fetch_manifest(
     entries = parse_manifest(parsed, url)
     path = Path(dest) / R.manifest_path(version)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
     return entries
 
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..errors import HmbaError, ReleaseError
+from ..files import save_json
 from ..progress import Reporter, run_pool, worker_pool
 from ..release import layout as R
 from ..release.check import check_release
@@ -48,7 +49,6 @@ from .transpose import (
     BucketStats,
     plan_buckets,
     row_split,
-    save_json,
     scatter,
     sort_bucket,
 )

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import duckdb
 
 from ..errors import HmbaError
+from ..files import save_json
 from .catalog import STORAGE_VERSION, VIEW_ORDER, sql_literal, view_sql, write_comments
 from .paths import BUILD_JSON, CATALOG, files_root
 
@@ -126,9 +127,7 @@ def publish(store: Path, base_url: str) -> dict:
         "files": [PUBLISHED] + [f.relative_to(store).as_posix() for f in files],
     }
     os.replace(tmp, store / PUBLISHED)
-    json_tmp = store / f".{PUBLISHED_JSON}.tmp"
-    json_tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(json_tmp, store / PUBLISHED_JSON)
+    save_json(store / PUBLISHED_JSON, record)
     return record
 
 

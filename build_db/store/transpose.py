@@ -15,7 +15,6 @@ chosen from the matrix's non-zero count so that it stays near BUCKET_TARGET_NNZ.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -426,9 +425,3 @@ def write_parquet(path: Path, g0: int, counts: np.ndarray, cells: np.ndarray, va
                 pa.table([genes, cells[start:stop], values[start:stop]], schema=schema),
                 row_group_size=ROW_GROUP,
             )
-
-
-def save_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
