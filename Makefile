@@ -83,6 +83,7 @@ test: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) ## r
 
 bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, then the slow tests
 	$(BIN)/python -m build_db.tools.bench --out $(DATA)/bench
+	$(BIN)/python -m build_db.tools.bench_remote $(DATA)/bench/store-0.01 --spark
 	$(BIN)/pytest -q -m slow
 
 # SPECIES given on the command line wins; otherwise Macaque (Human needs ~25 GB of release: check df -h).

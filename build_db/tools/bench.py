@@ -44,18 +44,36 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak resident bytes (whole process tree, sampled every 50 ms) of a command."""
+def run_measured(cmd: list[str], watch: Path | None = None) -> tuple[float, int, int]:
+    """Wall seconds and peak resident bytes (whole process tree, sampled every 50 ms) of a command, and the
+    peak size of the folder `watch` (sampled every 2 s, in a thread; 0 without one)."""
+    import threading
+
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak, disk = 0, 0
+
+    def sample_disk():
+        nonlocal disk
+        while proc.poll() is None:
+            try:
+                disk = max(disk, _du(watch) if watch.exists() else 0)
+            except OSError:  # files come and go while we count
+                pass
+            time.sleep(2)
+
+    watcher = threading.Thread(target=sample_disk, daemon=True) if watch is not None else None
+    if watcher:
+        watcher.start()
     while proc.poll() is None:
         peak = max(peak, _tree_rss(proc.pid))
         time.sleep(0.05)
     took = time.perf_counter() - t0
+    if watcher:
+        watcher.join()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()}")
-    return took, peak
+    return took, peak, disk
 
 
 def _du(path: Path) -> int:
@@ -69,7 +87,8 @@ def synth_ladder(out: Path, scales: list[float], reuse: bool = False) -> list[di
         target = out / f"release-{scale:g}"
         if reuse and (target / R.manifest_path()).exists():
             continue
-        took, peak = run_measured([*exe, "synth", str(target), "--scale", str(scale), "--force", "--quiet"])
+        cmd = [*exe, "synth", str(target), "--scale", str(scale), "--force", "--quiet"]
+        took, peak, _ = run_measured(cmd)
         nnz = 0
         for s in R.SPECIES:
             with CsrReader(target / R.matrix_path(s, "raw")) as m:
@@ -98,10 +117,11 @@ def synth_ladder(out: Path, scales: list[float], reuse: bool = False) -> list[di
     return rows
 
 
-def plain_read_seconds(release: Path) -> float:
-    """The decompression floor: read every raw matrix's data and indices once, one thread, 4M at a time."""
+def plain_read_seconds(release: Path, species: tuple[str, ...] = R.SPECIES) -> float:
+    """The decompression floor: read the species' raw matrices' data and indices once, one thread, 4M at
+    a time."""
     t0 = time.perf_counter()
-    for s in R.SPECIES:
+    for s in species:
         with CsrReader(release / R.matrix_path(s, "raw")) as m:
             for a in range(0, m.nnz, 4_000_000):
                 m.data[a : a + 4_000_000]
@@ -130,7 +150,7 @@ def build_ladder(out: Path, scales: list[float]) -> list[dict]:
         release, store = out / f"release-{scale:g}", out / f"store-{scale:g}{suffix}"
         shutil.rmtree(store, ignore_errors=True)
         floor = plain_read_seconds(release)
-        took, peak = run_measured([*exe, "build", str(release), str(store), "--quiet", *extra])
+        took, peak, _ = run_measured([*exe, "build", str(release), str(store), "--quiet", *extra])
         info = json.loads((store / "build.json").read_text())
         nnz = sum(v["nnz"] for v in info["species"].values())
         size = _du(files_root(store) / "expression")
@@ -377,11 +397,6 @@ def main(argv: list[str] | None = None) -> int:
     soma_scales = [float(x) for x in args.soma_scales.split(",") if x]
     print("### queries\n\n" + query_table(query_ladder(args.out, scales, soma_scales)) + "\n")
     print("### analyses\n\n" + analysis_table(analysis_ladder(args.out, scales)))
-    from .bench_remote import remote_rows, remote_table, spark_rows, spark_table
-
-    first = args.out / f"store-{scales[0]:g}"
-    print(f"\n### store-{scales[0]:g} published over HTTP\n\n" + remote_table(*remote_rows(first)))
-    print(f"\n### store-{scales[0]:g}: Spark against DuckDB\n\n" + spark_table(spark_rows(first)))
     return 0
 
 

@@ -13,80 +13,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from ..release import layout as R
 from ..release.h5ad import CsrReader
 from ..store.paths import files_root, staging_dir
-from .bench import _du, _tree_rss
+from .bench import _du, _median_ms, plain_read_seconds, run_measured
 
 GENE = "DRD1"
 HEATMAP = "DRD1,DRD2,PENK,TAC1,GAD1,SLC17A7,PLP1"
 
 
-def plain_read_seconds(release: Path, species: str) -> tuple[float, int]:
-    """Read the species' raw matrix's data and indices once, one thread, 4M at a time: (seconds, nnz)."""
-    t0 = time.perf_counter()
-    with CsrReader(release / R.matrix_path(species, "raw")) as m:
-        for a in range(0, m.nnz, 4_000_000):
-            m.data[a : a + 4_000_000]
-            m.indices[a : a + 4_000_000]
-        nnz = m.nnz
-    return time.perf_counter() - t0, nnz
-
-
 def measured_build(release: Path, store: Path, species: str) -> dict:
     """Run the build, sampling the process tree's resident memory (50 ms) and the staging folder (2 s)."""
-    staging = staging_dir(store)
-    cmd = [
-        sys.executable,
-        "-m",
-        "build_db",
-        "build",
-        str(release),
-        str(store),
-        "--species",
-        species,
-        "--quiet",
-    ]
-    peak = {"rss": 0, "disk": 0}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    def disk():
-        while proc.poll() is None:
-            try:
-                peak["disk"] = max(peak["disk"], _du(staging) if staging.exists() else 0)
-            except OSError:  # files come and go while we count
-                pass
-            time.sleep(2)
-
-    watcher = threading.Thread(target=disk, daemon=True)
-    watcher.start()
-    while proc.poll() is None:
-        peak["rss"] = max(peak["rss"], _tree_rss(proc.pid))
-        time.sleep(0.05)
-    took = time.perf_counter() - t0
-    watcher.join()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()}")
+    cmd = [sys.executable, "-m", "build_db", "build", str(release), str(store), "--species", species]
+    took, rss, disk = run_measured([*cmd, "--quiet"], watch=staging_dir(store))
     info = json.loads((store / "build.json").read_text())
-    return {"seconds": took, "peak_rss": peak["rss"], "peak_staging": peak["disk"], "info": info}
+    return {"seconds": took, "peak_rss": rss, "peak_staging": disk, "info": info}
 
 
-def _median_ms(fn, repeat: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+def _ms(fn) -> float:
+    return _median_ms(fn)[0]  # warm median of 7 after one warm-up, as `make bench` measures
 
 
 def queries(store: Path, species: str) -> list[tuple[str, float]]:
@@ -107,11 +57,11 @@ def queries(store: Path, species: str) -> list[tuple[str, float]]:
     out = [
         (
             f"mean_expression {GENE} x Group",
-            _median_ms(lambda: analyses.mean_expression(con, species, [GENE])),
+            _ms(lambda: analyses.mean_expression(con, species, [GENE])),
         ),
         (
             f"mean_expression densest gene ({densest}) x Group",
-            _median_ms(lambda: analyses.mean_expression(con, species, [densest])),
+            _ms(lambda: analyses.mean_expression(con, species, [densest])),
         ),
     ]
     import duckdb
@@ -136,11 +86,11 @@ def queries(store: Path, species: str) -> list[tuple[str, float]]:
         ),
     }
     for label, sql in sqls.items():
-        out.append((label, _median_ms(lambda sql=sql: bi.execute(sql).fetchall())))
+        out.append((label, _ms(lambda sql=sql: bi.execute(sql).fetchall())))
     out.append(
         (
             f"gene_set_across_species ({len(HEATMAP.split(','))} genes x Group, {species} only)",
-            _median_ms(lambda: build_db.run_query(con, "gene_set_across_species", genes=HEATMAP)),
+            _ms(lambda: build_db.run_query(con, "gene_set_across_species", genes=HEATMAP)),
         )
     )
     group = con.execute(
@@ -193,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_build:  # the store's own count; the build's rows come from the run that built it
         nnz = json.loads((store / "build.json").read_text())["species"][species]["nnz"]
     else:
-        floor, nnz = plain_read_seconds(release, species)
+        floor = plain_read_seconds(release, (species,))
+        with CsrReader(release / R.matrix_path(species, "raw")) as m:
+            nnz = m.nnz
         rows.append(("single-threaded read of the raw h5ad (data + indices)", f"{floor:.1f} s"))
     rows.insert(0, ("non-zeros", f"{nnz:,}"))
     if not args.skip_build:

@@ -10,7 +10,6 @@ The HTTP client runs in the side environment `make test` and `make bench` instal
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -94,6 +93,7 @@ def spark_rows(store: Path, repeat: int = 3) -> list[dict]:
     from ..access.connect import connect
     from ..access.queries import list_queries, run_query
     from ..access.spark import local_session, register
+    from .bench import _median_ms
 
     t0 = time.perf_counter()
     spark = local_session("hmba-db-bench")
@@ -108,13 +108,9 @@ def spark_rows(store: Path, repeat: int = 3) -> list[dict]:
         out = {"query": q.name}
         for engine, kw in (("duckdb", {}), ("spark", {"engine": "spark", "spark": spark})):
             target = con if engine == "duckdb" else store
-            run_query(target, q.name, **kw, **q.example)
-            times = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                run_query(target, q.name, **kw, **q.example)
-                times.append((time.perf_counter() - t) * 1000)
-            out[f"{engine}_ms"] = statistics.median(times)
+            out[f"{engine}_ms"], _ = _median_ms(
+                lambda target=target, kw=kw, q=q: run_query(target, q.name, **kw, **q.example), repeat
+            )
         rows.append(out)
         print(f"spark vs duckdb: {out}", file=sys.stderr, flush=True)
     spark.stop()
