@@ -123,7 +123,10 @@ def register(spark, store, *, views: bool = True) -> list[str]:
         >>> register(spark, "s3a://my-bucket/hmba-store")  # doctest: +SKIP
         ['cells', 'genes', ..., 'term_gene_stats', ...]
     """
-    root = snapshot_uri(spark, store)
+    return _register_at(spark, snapshot_uri(spark, store), views)
+
+
+def _register_at(spark, root: str, views: bool = True) -> list[str]:
     names = []
     for t in FILE_TABLES:
         path = f"{root}/tables/{t.name}.parquet"
@@ -177,7 +180,8 @@ def resolver(spark, store) -> duckdb.DuckDBPyConnection:
     # Per SparkContext (a stopped session's object id may come back) and store.
     key = (spark.sparkContext.applicationId, _uri(store))
     if key not in _REGISTERED:
-        register(spark, store)
+        root = snapshot_uri(spark, store)  # build.json read once (a Spark job)
+        _register_at(spark, root)
         con = duckdb.connect()
         for t in ("genes", "taxonomy_terms", "store_info"):
             con.register(f"_{t}", spark.table(t).toArrow())
@@ -187,7 +191,7 @@ def resolver(spark, store) -> duckdb.DuckDBPyConnection:
         built = [r.species for r in spark.sql("select distinct species from cells").collect()]
         con.execute("create table cell_totals (species varchar, cell_index integer, total_counts bigint)")
         con.executemany("insert into cell_totals values (?, 0, 0)", [[s] for s in built])
-        con.execute("set variable hmba_store = ?", [snapshot_uri(spark, store)])
+        con.execute("set variable hmba_store = ?", [root])
         _REGISTERED[key] = con
     return _REGISTERED[key]
 
