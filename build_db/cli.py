@@ -392,7 +392,8 @@ def verify(store, species):
         if species and sp not in (_species(species) or ()):
             continue
         click.echo(
-            f"OK: {sp}: {meta['nnz']:,} non-zeros in {meta['buckets']} buckets, {meta['cells']:,} cells, "
+            f"OK: {sp}: {meta['nnz']:,} non-zeros in {meta['buckets']} gene buckets and "
+            f"{meta.get('cell_buckets', 0)} cell buckets, {meta['cells']:,} cells, "
             f"sum {meta['sum']:,}: counts, checksums and per-cell totals reconcile"
             + ("; statistics additive and recomputed" if (files_root(store) / "aggregates").exists() else "")
         )

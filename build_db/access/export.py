@@ -1,8 +1,12 @@
 """`to_anndata`: a selection of cells and genes as an AnnData, for scanpy and friends.
 
-Raw counts come from the expression store bucket by bucket, in Arrow batches, and only the wanted rows of
-each batch are kept: memory is the output matrix (12 bytes per non-zero while assembling) plus one batch,
-whatever the store's size.
+Two ways to read the counts, whichever reads fewer rows:
+- by gene, from the gene-major files (`expression_counts`), bucket by bucket: every cell of the wanted
+  genes is read and the unwanted cells dropped. Best for a few genes.
+- by cell, from the cell-major projection (`expression_by_cell`): the selection's cells are a few ranges
+  of taxonomy order (`cell_rank`), and only those ranges' row groups are read. Best for all the genes of a
+  term, a donor or a region; the rows are placed straight into the CSR matrix (8 bytes per non-zero).
+Either way the counts arrive in Arrow batches: memory is the output matrix plus one batch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ if TYPE_CHECKING:
     import anndata
 
 BATCH_ROWS = 1_000_000  # ~12 MB of Arrow per batch
+# Rank ranges of the selection closer than this many cells are read as one: a row group holds ~40 cells of
+# a full-scale nucleus (~2,800 non-zeros each), so a smaller gap saves no reading. At most MAX_RANGES.
+MERGE_GAP_CELLS = 64
+MAX_RANGES = 256
 
 
 def _cells(con: duckdb.DuckDBPyConnection, species: str, cells) -> pd.DataFrame:
@@ -71,6 +79,136 @@ def _genes(con: duckdb.DuckDBPyConnection, species: str, genes) -> pd.DataFrame:
     return table.set_index("gene_index").loc[[r[4] for r in rows]].reset_index()[table.columns]
 
 
+def _by_cell(con, species: str, obs: pd.DataFrame, var: pd.DataFrame, genes, read: str) -> bool:
+    """Whether to read the cell-major projection: asked for, or (auto) it holds fewer rows to read."""
+    if read not in ("auto", "by_gene", "by_cell"):
+        raise HmbaError(f"read={read!r}; choose auto, by_gene or by_cell", key="read")
+    has_view = bool(
+        con.execute("select count(*) from duckdb_views() where view_name = 'expression_by_cell'").fetchall()[
+            0
+        ][0]
+    )
+    if read == "by_cell" and not has_view:
+        raise HmbaError(
+            f"{store_of(con)}: no expression_by_cell (built by an older hmba-db); rebuild the store, or use "
+            "read='by_gene'",
+            key="read",
+        )
+    if read != "auto":
+        return read == "by_cell"
+    if not has_view:
+        return False
+    n_genes, nnz = con.execute(
+        "select (select count(*) from genes where species = $1), "
+        "(select sum(genes_detected) from cells where species = $1)",
+        [species],
+    ).fetchall()[0]
+    by_gene = (nnz or 0) * len(var) / max(1, n_genes)  # the wanted genes' rows, at the average gene's
+    by_cell = float(obs.genes_detected.fillna(0).sum())  # the selection's rows, exactly
+    return by_cell < by_gene
+
+
+def _rank_ranges(ranks: np.ndarray) -> list[tuple[int, int]]:
+    """The selection's cell ranks as at most MAX_RANGES inclusive ranges, gaps under MERGE_GAP_CELLS
+    closed (the extra cells are read and dropped)."""
+    ranks = np.unique(ranks)
+    if len(ranks) == 0:
+        return []
+    gaps = np.diff(ranks)
+    cut = np.flatnonzero(gaps > MERGE_GAP_CELLS)
+    if len(cut) >= MAX_RANGES:  # keep the widest gaps open
+        cut = np.sort(cut[np.argsort(gaps[cut], kind="stable")[-(MAX_RANGES - 1) :]])
+    starts = np.concatenate([[0], cut + 1])
+    ends = np.concatenate([cut, [len(ranks) - 1]])
+    return [(int(ranks[a]), int(ranks[b])) for a, b in zip(starts, ends, strict=True)]
+
+
+def _read_by_cell(con, species, obs, row_of, gene_col, n_vars: int, dtype):
+    """CSR straight from the cell-major rows: each cell's genes arrive together and sorted, so with all
+    genes the row lengths are known beforehand (cells.genes_detected) and every run is copied into place."""
+    import scipy.sparse as sp
+
+    ranges = _rank_ranges(obs.cell_rank.to_numpy())
+    where = " or ".join(f"cell_rank between {a} and {b}" for a, b in ranges)
+    reader = con.sql(
+        f"select cell_index, gene_index, raw_count from expression_by_cell where species = ? and ({where})",
+        params=[species],
+    ).to_arrow_reader(BATCH_ROWS)
+    n_obs = len(obs)
+    if gene_col is None:
+        lengths = obs.genes_detected.fillna(0).to_numpy(np.int64)
+    else:  # a subset of genes: row lengths only known once read; keep the rows (12 bytes each), then place
+        kept = [_kept(b, row_of, gene_col) for b in reader]
+        lengths = np.bincount(np.concatenate([k[0] for k in kept]), minlength=n_obs) if kept else None
+        reader = kept
+    indptr = np.zeros(n_obs + 1, dtype=np.int64)
+    if lengths is not None:
+        np.cumsum(lengths, out=indptr[1:])
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    data = np.empty(indptr[-1], dtype=dtype)
+    filled = np.zeros(n_obs, dtype=np.int64)
+    for batch in reader:
+        r, cols, values = batch if gene_col is not None else _kept(batch, row_of, None)
+        m = len(r)
+        if m == 0:
+            continue
+        starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
+        run_len = np.diff(np.append(starts, m))
+        run_row = r[starts]
+        dest = np.repeat(indptr[run_row] + filled[run_row] - starts, run_len) + np.arange(m)
+        if dest.size and dest.max() >= len(indices):
+            raise HmbaError(
+                f"{store_of(con)}: cells hold more counts than cells.genes_detected; run hmba-db verify"
+            )
+        indices[dest] = cols
+        data[dest] = values
+        filled[run_row] += run_len
+    if not np.array_equal(filled, np.diff(indptr)):
+        bad = int(np.flatnonzero(filled != np.diff(indptr))[0])
+        raise HmbaError(
+            f"{store_of(con)}: cell {obs.cell_label.iloc[bad]} has {filled[bad]:,} counts in "
+            f"expression_by_cell, {np.diff(indptr)[bad]:,} expected; run hmba-db verify"
+        )
+    return sp.csr_matrix((data, indices, indptr), shape=(n_obs, n_vars))
+
+
+def _kept(batch, row_of: np.ndarray, gene_col: np.ndarray | None):
+    """A batch's rows of selected cells (and genes): output row, output column, count."""
+    r = row_of[batch.column("cell_index").to_numpy()]
+    g = batch.column("gene_index").to_numpy()
+    cols = g if gene_col is None else gene_col[np.minimum(g, len(gene_col) - 1)]
+    keep = (r >= 0) if gene_col is None else (r >= 0) & (cols >= 0) & (g < len(gene_col))
+    v = batch.column("raw_count").to_numpy()
+    if keep.all():
+        return r, cols.astype(np.int32), v
+    return r[keep], cols[keep].astype(np.int32), v[keep]
+
+
+def _read_by_gene(con, species, var, row_of, gene_col, some_genes: bool, n_obs: int, dtype):
+    import scipy.sparse as sp
+
+    col_of = np.flatnonzero(gene_col >= 0)
+    rows, cols, data = [], [], []
+    where = "" if not some_genes else f" where gene_index in ({', '.join(map(str, col_of))})"
+    for f in bucket_files(con, species, var.gene_bucket.unique()):
+        reader = con.sql(f"select gene_index, cell_index, raw_count from read_parquet(?){where}", params=[f])
+        for batch in reader.to_arrow_reader(BATCH_ROWS):
+            g = batch.column("gene_index").to_numpy()
+            r = row_of[batch.column("cell_index").to_numpy()]
+            keep = r >= 0
+            rows.append(r[keep].astype(np.int32))
+            cols.append(gene_col[g[keep]].astype(np.int32))
+            data.append(batch.column("raw_count").to_numpy()[keep].astype(dtype))
+    return sp.csr_matrix(
+        (
+            np.concatenate(data) if data else np.array([], dtype=dtype),
+            (np.concatenate(rows) if rows else [], np.concatenate(cols) if cols else []),
+        ),
+        shape=(n_obs, len(var)),
+        dtype=dtype,
+    )
+
+
 def _frame(df: pd.DataFrame, index: str) -> pd.DataFrame:
     """obs/var: indexed by the release's key, text columns with repeats as categoricals (as h5ad stores)."""
     out = df.set_index(index, drop=True)
@@ -88,20 +226,21 @@ def to_anndata(
     cells: str | list[str] | None = None,
     *,
     dtype=np.float32,
+    read: str = "auto",
 ) -> anndata.AnnData:
     """Cells x genes raw counts (CSR) of one species as an AnnData: `obs` from the cells table (indexed by
     cell_label, in matrix order), `var` from the genes table (indexed by gene_identifier, in the order
     given or matrix order).
 
     `genes`: symbols or identifiers (default: all). `cells`: an SQL condition on the cells table, or a list
-    of cell labels (default: all cells of the species).
+    of cell labels (default: all cells of the species). `read`: "auto" (the layout that reads fewer rows),
+    "by_gene" or "by_cell" (module docstring).
 
     Example:
         >>> a = to_anndata("data/demo-store", "Human", ["DRD1"], "group_name = 'BAM'")  # doctest: +SKIP
         >>> a.X.sum(axis=0)  # doctest: +SKIP
     """
     import anndata
-    import scipy.sparse as sp
 
     con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
     if species not in R.SPECIES:
@@ -116,25 +255,10 @@ def to_anndata(
     col_of = {int(g): j for j, g in enumerate(var.gene_index)}
     gene_col = np.full(int(var.gene_index.max()) + 1, -1, dtype=np.int64)
     gene_col[list(col_of)] = list(col_of.values())
-    rows, cols, data = [], [], []
-    where = "" if genes is None else f" where gene_index in ({', '.join(map(str, col_of))})"
-    for f in bucket_files(con, species, var.gene_bucket.unique()):
-        reader = con.sql(f"select gene_index, cell_index, raw_count from read_parquet(?){where}", params=[f])
-        for batch in reader.to_arrow_reader(BATCH_ROWS):
-            g = batch.column("gene_index").to_numpy()
-            r = row_of[batch.column("cell_index").to_numpy()]
-            keep = r >= 0
-            rows.append(r[keep].astype(np.int32))
-            cols.append(gene_col[g[keep]].astype(np.int32))
-            data.append(batch.column("raw_count").to_numpy()[keep].astype(dtype))
-    x = sp.csr_matrix(
-        (
-            np.concatenate(data) if data else np.array([], dtype=dtype),
-            (np.concatenate(rows) if rows else [], np.concatenate(cols) if cols else []),
-        ),
-        shape=(len(obs), len(var)),
-        dtype=dtype,
-    )
+    if _by_cell(con, species, obs, var, genes, read):
+        x = _read_by_cell(con, species, obs, row_of, gene_col if genes is not None else None, len(var), dtype)
+    else:
+        x = _read_by_gene(con, species, var, row_of, gene_col, genes is not None, len(obs), dtype)
     x.sort_indices()
     adata = anndata.AnnData(X=x, obs=_frame(obs, "cell_label"), var=_frame(var, "gene_identifier"))
     # scanpy's conventions: the UMAP in obsm["X_umap"] (NaN for cells without coordinates); var keeps

@@ -45,6 +45,8 @@ class CheckReport:
     metadata_rows_without_cell: dict[str, int] = field(default_factory=dict)
     # With keep_cells: each raw matrix's cell labels in row order, for the metadata's own checks.
     cell_labels: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    # After check_metadata: per species, the cell indexes in taxonomy order (cells.cell_rank's order).
+    cell_order: dict = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:

@@ -36,6 +36,7 @@ from .paths import (
     RETIRED,
     SNAPSHOTS,
     bucket_file,
+    cell_bucket_file,
     files_root,
     new_build_id,
     snapshot_dir,
@@ -47,14 +48,17 @@ from .transpose import (
     MAX_BUCKET_GENES,
     BucketPlan,
     BucketStats,
+    CellPlan,
     plan_buckets,
+    plan_cells,
     row_split,
     scatter,
     sort_bucket,
+    sort_cells,
 )
 from .verify import verify_store
 
-STATE_VERSION = 2  # 2: snapshots (a build id kept across a resume)
+STATE_VERSION = 3  # 2: snapshots (a build id kept across a resume); 3: cell buckets, framed counts
 # How long a replaced build's files stay for readers that opened it before the rebuild: long enough for a
 # dashboard left open over a working day, at the cost of one more build's disk meanwhile.
 KEEP_OLD_SECONDS = 24 * 3600
@@ -174,6 +178,7 @@ def _build(
                 q,
                 rep,
                 has_log2[s],
+                report.cell_order.get(s),
             )
         rep.step("metadata tables: cells, genes, taxonomy, donors, libraries")
         metadata_report = MetadataBuilder(release, staging, list(species), version).build()
@@ -307,8 +312,12 @@ class _Progress:
         self.q.put(n)
 
 
+CELL_PLAN = "cell_plan.npz"  # in a species' scatter folder: the cell buckets, for every worker
+
+
 def _scatter_job(path, plan, r0, r1, staging, tag, q):
-    return scatter(Path(path), plan, r0, r1, Path(staging), tag, _Progress(q))
+    cells = CellPlan.load(Path(staging) / CELL_PLAN)
+    return scatter(Path(path), plan, r0, r1, Path(staging), tag, _Progress(q), cells)
 
 
 def _sort_job(plan, k, staging, tags, out, q):
@@ -317,8 +326,14 @@ def _sort_job(plan, k, staging, tags, out, q):
     return n
 
 
+def _cell_sort_job(k, staging, tags, out, q):
+    n = sort_cells(k, Path(staging), tags, Path(out), CellPlan.load(Path(staging) / CELL_PLAN))
+    q.put(n)
+    return n
+
+
 def _build_species(
-    release, staging, species, lay: Layout, jobs, plan_args, state, pool, q, rep, has_log2
+    release, staging, species, lay: Layout, jobs, plan_args, state, pool, q, rep, has_log2, order
 ) -> dict:
     raw_path = release / lay.matrix(species, "raw")
     with CsrReader(raw_path) as m:
@@ -327,8 +342,15 @@ def _build_species(
         gene_ids = m.var_names()
         symbols = m.var_column("gene_symbol") if "gene_symbol" in m.var_columns() else np.full(shape[1], "")
     plan = plan_buckets(shape[1], nnz, *plan_args)
-    sstate = state["species"].setdefault(species, {"scatter": {}, "buckets": {}})
+    sstate = state["species"].setdefault(species, {"scatter": {}, "buckets": {}, "cell_buckets": {}})
     scatter_dir = staging / "_scatter" / species
+    if order is None or len(order) != shape[0]:
+        raise HmbaError(
+            f"{raw_path}: the taxonomy order of its cells is unknown; run hmba-db check {release}"
+        )
+    cells = plan_cells(order, np.diff(indptr), plan_args[0])
+    scatter_dir.mkdir(parents=True, exist_ok=True)
+    cells.save(scatter_dir / CELL_PLAN)
     splits = row_split(indptr, max(1, jobs))
     tags = [f"p{i}" for i in range(len(splits))]
     sstate.setdefault("tags", tags)
@@ -339,7 +361,7 @@ def _build_species(
 
     rep.step(
         f"{species}: scatter {shape[0]:,} cells x {shape[1]:,} genes, {nnz:,} non-zeros "
-        f"into {plan.n_buckets} gene buckets"
+        f"into {plan.n_buckets} gene buckets and {cells.n_buckets} cell buckets"
     )
     todo = {
         t: (_scatter_job, (str(raw_path), plan, r0, r1, str(scatter_dir), t, q))
@@ -363,12 +385,23 @@ def _build_species(
         bar.update(done_nnz)
         run_pool(pool, q, todo, bar, scattered)
 
-    rep.step(f"{species}: sort and write {plan.n_buckets} buckets")
+    rep.step(f"{species}: sort and write {plan.n_buckets} gene buckets and {cells.n_buckets} cell buckets")
     todo = {
         k: (_sort_job, (plan, k, str(scatter_dir), tags, str(bucket_file(staging, species, k)), q))
         for k in range(plan.n_buckets)
         if str(k) not in sstate["buckets"]
     }
+    done_cells = sstate.setdefault("cell_buckets", {})
+    todo.update(
+        {
+            f"c{k}": (
+                _cell_sort_job,
+                (k, str(scatter_dir), tags, str(cell_bucket_file(staging, species, k)), q),
+            )
+            for k in range(cells.n_buckets)
+            if str(k) not in done_cells
+        }
+    )
 
     totals = np.concatenate([np.load(scatter_dir / f"totals.{t}.npy") for t in tags])
     detected = np.concatenate([np.load(scatter_dir / f"detected.{t}.npy") for t in tags])
@@ -381,17 +414,23 @@ def _build_species(
         if k == "log2":
             log2 = n
             return
-        sstate["buckets"][str(k)] = n
+        if isinstance(k, str):  # a cell bucket, "c<K>"
+            done_cells[k[1:]] = n
+        else:
+            sstate["buckets"][str(k)] = n
         save_json(staging / "state.json", state)
 
-    with rep.bar(nnz, f"{species} sort", unit="nz") as bar:
-        bar.update(sum(sstate["buckets"].values()))
+    with rep.bar(2 * nnz, f"{species} sort", unit="nz") as bar:
+        bar.update(sum(sstate["buckets"].values()) + sum(done_cells.values()))
         run_pool(pool, q, todo, bar, written)
 
     stats = [BucketStats() for _ in range(plan.n_buckets)]
+    cell_stats = [BucketStats() for _ in range(cells.n_buckets)]
     for t in tags:
         for k, s in enumerate(sstate["scatter"][t]["stats"]):
             stats[k].add(BucketStats(**s))
+        for k, s in enumerate(sstate["scatter"][t]["cell_stats"]):
+            cell_stats[k].add(BucketStats(**s))
     zeros = sum(sstate["scatter"][t].get("explicit_zeros", 0) for t in tags)
     if zeros:
         rep.log(f"  {species}: {zeros:,} explicit zeros stored in the matrix were dropped (not expression)")
@@ -406,6 +445,8 @@ def _build_species(
         "genes_per_bucket": plan.genes_per_bucket,
         "buckets": plan.n_buckets,
         "bucket_stats": [s.__dict__ for s in stats],
+        "cell_buckets": cells.n_buckets,
+        "cell_bucket_stats": [s.__dict__ for s in cell_stats],
         "log2_check": log2,
     }
 

@@ -27,6 +27,7 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 # Dependencies first; the *_sums views read Parquet files, the *_stats views read them.
 VIEW_ORDER = (
     "expression_counts",
+    "expression_by_cell",
     "expression",
     "expression_annotated",
     "term_gene_sums",

@@ -4,7 +4,8 @@ A store is a folder of immutable snapshots, one per build, and two links naming 
 
     STORE/catalog.duckdb -> snapshots/<build id>/catalog.duckdb
     STORE/build.json     -> snapshots/<build id>/build.json
-    STORE/snapshots/<build id>/{catalog.duckdb, build.json, expression/, tables/, aggregates/}
+    STORE/snapshots/<build id>/{catalog.duckdb, build.json, expression/, expression_by_cell/, tables/,
+                                aggregates/}
 
 A snapshot's catalog names its own files, so a reader keeps one build's view however often the store is
 rebuilt, and a new connection sees the newest build.
@@ -39,6 +40,12 @@ def bucket_file(store: Path | str, species: str, k: int) -> Path | str:
     if is_url(store):
         return f"{store.rstrip('/')}/expression/species={species}/gene_bucket={k:04d}/part-0.parquet"
     return bucket_dir(store, species, k) / "part-0.parquet"
+
+
+def cell_bucket_file(store: Path | str, species: str, k: int) -> Path | str:
+    """A file of the cell-major projection (expression_by_cell): cell bucket k, a range of cell_rank."""
+    rel = f"expression_by_cell/species={species}/cell_bucket={k:04d}/part-0.parquet"
+    return f"{store.rstrip('/')}/{rel}" if is_url(store) else Path(store) / rel
 
 
 def staging_dir(store: Path) -> Path:

@@ -83,6 +83,13 @@ CELLS = Table(
     (
         SPECIES_COL,
         CELL_INDEX,
+        C(
+            "cell_rank",
+            "INTEGER",
+            "0-based position of the cell in taxonomy order within its species (Neighborhood, Class, "
+            "Subclass, Group, Cluster, then cell_index; cells without a cluster last): every term's cells "
+            "are one range. expression_by_cell is sorted by it: join on (species, cell_rank) there",
+        ),
         C("cell_label", "VARCHAR", "The release's cell key: {cell_barcode}-{barcoded_cell_sample_label}"),
         C(
             "in_cell_metadata",
@@ -363,6 +370,21 @@ EXPRESSION_COUNTS = Table(
     ),
     kind="view",
 )
+EXPRESSION_BY_CELL = Table(
+    "expression_by_cell",
+    "The same non-zero counts as expression_counts, sorted by cell in taxonomy order (cells.cell_rank), "
+    "then gene: a term's cells are one range of rows. For all the genes of a selection of cells: join "
+    "cells on (species, cell_rank) so that only the selection's row groups are read.",
+    (
+        SPECIES_COL,
+        C("cell_bucket", "INTEGER", "Folder of the cell's range of cell_rank: cell_bucket=<KKKK>"),
+        C("cell_rank", "INTEGER", "The cell's position in taxonomy order (cells.cell_rank)"),
+        CELL_INDEX,
+        GENE_INDEX,
+        C("raw_count", "INTEGER", "Raw UMI count (non-zero; absent rows are zeros)"),
+    ),
+    kind="view",
+)
 
 EXPRESSION = Table(
     "expression",
@@ -560,6 +582,7 @@ PARQUET_TABLES = tuple(
 )
 VIEWS = (
     EXPRESSION_COUNTS,
+    EXPRESSION_BY_CELL,
     EXPRESSION,
     EXPRESSION_ANNOTATED,
     TERM_GENE_SUMS,

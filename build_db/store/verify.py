@@ -5,8 +5,10 @@ per species and bucket, the non-zero count, the sum of counts, the sum of cell i
 gene_index x count (two position-sensitive checksums: a value moved to another cell or gene changes
 them); per cell, total counts and genes detected against the source rows' sums; and the layout: rows
 strictly increasing in (gene_index, cell_index), so sorted and free of duplicates, inside the bucket's
-gene range. Then the statistics (`verify_stats.py`): additive, with their groups' cell counts, and equal to
-sums taken again from the expression files for a sample of genes.
+gene range. The cell-major projection (expression_by_cell) the same way, per cell bucket, with rows
+strictly increasing in (cell_rank, gene_index) and each row's cell_rank the cells table's. Then the
+statistics (`verify_stats.py`): additive, with their groups' cell counts, and equal to sums taken again
+from the expression files for a sample of genes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from ..errors import HmbaError
@@ -79,6 +83,55 @@ def _scan(
     return stats, cell_sum, cell_n, problems
 
 
+def _scan_cells(files: list[str], rank_of: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, list]:
+    """Worker: the cell-major files read whole: per-bucket stats, per-cell sums and counts, and problems
+    (rows not strictly increasing in (cell_rank, gene_index), a cell_rank that is not the cell's)."""
+    n_cells = len(rank_of)
+    cell_sum = np.zeros(n_cells, dtype=np.float64)
+    cell_n = np.zeros(n_cells, dtype=np.int64)
+    stats, problems = {}, []
+    for f in files:
+        k = int(Path(f).parent.name.split("=")[1])
+        total = [0, 0, 0, 0]
+        last_key, row = -1, 0
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS):
+            r = batch.column("cell_rank").to_numpy().astype(np.int64)
+            c = batch.column("cell_index").to_numpy().astype(np.int64)
+            g = batch.column("gene_index").to_numpy().astype(np.int64)
+            v = batch.column("raw_count").to_numpy().astype(np.int64)
+            if len(v) == 0:
+                continue
+            total[0] += len(v)
+            total[1] += int(v.sum())
+            total[2] += int(c.sum())
+            total[3] += int((g * v).sum())
+            if c.min() < 0 or c.max() >= n_cells or g.min() < 0 or g.max() >= 2**16:
+                problems.append(f"cell bucket {k}: cells {c.min()}..{c.max()} outside 0..{n_cells - 1}")
+                break
+            wrong = np.flatnonzero(rank_of[c] != r)
+            if len(wrong):
+                i = int(wrong[0])
+                problems.append(
+                    f"cell bucket {k}: row {row + i} has cell_rank {r[i]} for cell {c[i]}, whose rank is "
+                    f"{rank_of[c[i]]}"
+                )
+                break
+            key = r * 2**16 + g
+            steps = np.diff(np.concatenate([[last_key], key]))
+            bad = np.flatnonzero(steps <= 0)
+            if len(bad):
+                i = int(bad[0])
+                kind = "duplicate" if steps[i] == 0 else "out of order"
+                problems.append(f"cell bucket {k}: row {row + i} (cell {c[i]}, gene {g[i]}) is {kind}")
+                break
+            last_key = int(key[-1])
+            row += len(v)
+            cell_sum += np.bincount(c, weights=v, minlength=n_cells)
+            cell_n += np.bincount(c, minlength=n_cells)
+        stats[k] = total
+    return stats, cell_sum, cell_n, problems
+
+
 def verify_store(store: Path, species: list[str] | None = None, jobs: int = 2) -> list[str]:
     """Every disagreement between the store and its build record, one line each ([] means verified).
 
@@ -112,37 +165,63 @@ def _verify_species(pool, store: Path, sp: str, meta: dict, jobs: int) -> list[s
     want_sum = src.column("total_counts").to_numpy()
     want_n = src.column("genes_detected").to_numpy()
     n_cells = len(want_sum)
+    cell_files = sorted((store / "expression_by_cell" / f"species={sp}").glob("cell_bucket=*/*.parquet"))
+    n_cell_buckets = meta.get("cell_buckets", 0)
+    on_disk = {int(f.parent.name.split("=")[1]) for f in cell_files}
+    if on_disk != set(range(n_cell_buckets)):
+        return [
+            f"expression_by_cell: {len(on_disk)} cell bucket files, build.json has {n_cell_buckets}; rebuild"
+        ]
+    ranks = pq.read_table(store / "tables" / "cells.parquet", columns=["species", "cell_index", "cell_rank"])
+    ranks = ranks.filter(pa.compute.equal(ranks.column("species"), sp))
+    rank_of = np.full(n_cells, -1, dtype=np.int64)
+    rank_of[ranks.column("cell_index").to_numpy()] = ranks.column("cell_rank").to_numpy()
     # Largest files first, dealt round-robin, so the workers finish together.
-    files = sorted(files, key=lambda f: -f.stat().st_size)
-    shares = [[str(f) for f in files[i :: max(1, jobs)]] for i in range(max(1, jobs))]
-    futures = [
-        pool.submit(_scan, share, n_cells, meta["genes_per_bucket"], meta["genes"]) for share in shares
-    ]
+    futures = []
+    for kind, these in (("gene", files), ("cell", cell_files)):
+        these = sorted(these, key=lambda f: -f.stat().st_size)
+        for i in range(max(1, jobs)):
+            share = [str(f) for f in these[i :: max(1, jobs)]]
+            if kind == "gene":
+                futures.append(
+                    (kind, pool.submit(_scan, share, n_cells, meta["genes_per_bucket"], meta["genes"]))
+                )
+            else:
+                futures.append((kind, pool.submit(_scan_cells, share, rank_of)))
     stats: dict[int, list[int]] = {}
-    have_sum = np.zeros(n_cells, dtype=np.float64)
-    have_n = np.zeros(n_cells, dtype=np.int64)
+    cell_stats: dict[int, list[int]] = {}
+    have = {
+        kind: (np.zeros(n_cells, dtype=np.float64), np.zeros(n_cells, dtype=np.int64))
+        for kind in ("gene", "cell")
+    }
     problems: list[str] = []
-    for fut in futures:
+    for kind, fut in futures:
         s, cs, cn, pr = fut.result()
-        stats.update(s)
-        have_sum += cs
-        have_n += cn
+        (stats if kind == "gene" else cell_stats).update(s)
+        have[kind][0][:] += cs
+        have[kind][1][:] += cn
         problems += pr
     names = ("non-zeros", "sum of counts", "cell checksum", "gene checksum")
-    for k, want in enumerate(meta["bucket_stats"]):
-        expect = [want["nnz"], want["sum"], want["cell_sum"], want["gene_weighted"]]
-        for name, h, e in zip(names, stats.get(k, [0, 0, 0, 0]), expect, strict=True):
-            if h != e:
-                problems.append(f"bucket {k}: {name} {h:,} in the store, {e:,} in the source")
-    have_sum = have_sum.astype(np.int64)
-    for name, have, want in (("total counts", have_sum, want_sum), ("genes detected", have_n, want_n)):
-        bad = np.flatnonzero(have != want)
-        if len(bad):
-            c = int(bad[0])
-            problems.append(
-                f"{len(bad):,} cells' {name} differ from the source, first cell_index {c}: "
-                f"{have[c]:,} in the store, {want[c]:,} in the source"
-            )
+    for what, got, wanted in (
+        ("bucket", stats, meta["bucket_stats"]),
+        ("cell bucket", cell_stats, meta.get("cell_bucket_stats", [])),
+    ):
+        for k, want in enumerate(wanted):
+            expect = [want["nnz"], want["sum"], want["cell_sum"], want["gene_weighted"]]
+            for name, h, e in zip(names, got.get(k, [0, 0, 0, 0]), expect, strict=True):
+                if h != e:
+                    problems.append(f"{what} {k}: {name} {h:,} in the store, {e:,} in the source")
+    for kind, (have_sum, have_n) in have.items():
+        where = "" if kind == "gene" else " (expression_by_cell)"
+        have_sum = have_sum.astype(np.int64)
+        for name, got, want in (("total counts", have_sum, want_sum), ("genes detected", have_n, want_n)):
+            bad = np.flatnonzero(got != want)
+            if len(bad):
+                c = int(bad[0])
+                problems.append(
+                    f"{len(bad):,} cells' {name}{where} differ from the source, first cell_index {c}: "
+                    f"{got[c]:,} in the store, {want[c]:,} in the source"
+                )
     if int(want_sum.sum()) != meta["sum"] or int(want_n.sum()) != meta["nnz"]:
         problems.append(
             f"{totals_path.name}: totals {int(want_sum.sum()):,} / {int(want_n.sum()):,} disagree with "

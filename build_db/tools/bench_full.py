@@ -93,20 +93,40 @@ def queries(store: Path, species: str) -> list[tuple[str, float]]:
             _ms(lambda: build_db.run_query(con, "gene_set_across_species", genes=HEATMAP)),
         )
     )
-    group = con.execute(
-        "select group_name from cells where species = ? and group_name is not null "
-        "group by 1 order by count(*) desc limit 1",
+    sizes = con.execute(
+        "select group_name, count(*) from cells where species = ? and group_name is not null "
+        "group by 1 order by 2 desc",
         [species],
-    ).fetchall()[0][0]
-    t = time.perf_counter()
-    adata = build_db.to_anndata(con, species, cells=f"group_name = '{group}'")
+    ).fetchall()
+    largest = sizes[0][0]
+    near_50k = min(sizes, key=lambda r: abs(r[1] - 50_793))[0]  # issue 13's Group had 50,793 cells
+    cell_sql = (
+        "select e.gene_index, sum(e.raw_count) from expression_by_cell e join cells c "
+        f"using (species, cell_rank) where c.species = '{species}' and c.group_name = '{{}}' group by 1"
+    )
     out.append(
         (
-            f"to_anndata of the largest Group ({group}: {adata.n_obs:,} cells, "
-            f"{adata.X.nnz / 1e6:.0f}M non-zeros), cold, once",
-            (time.perf_counter() - t) * 1000,
+            f"plain SQL (a BI tool's connection): counts of every gene in the largest Group ({largest}), "
+            "expression_by_cell joined to cells on cell_rank",
+            _ms(lambda: bi.execute(cell_sql.format(largest)).fetchall()),
         )
     )
+    for group, how, label in (
+        (largest, "by_cell", "cold, once"),
+        (largest, "by_cell", "warm, once more"),
+        (near_50k, "by_cell", "cold, once"),
+        (largest, "by_gene", "from the gene-major files, once"),
+    ):
+        t = time.perf_counter()
+        adata = build_db.to_anndata(con, species, cells=f"group_name = '{group}'", read=how)
+        out.append(
+            (
+                f"to_anndata of the Group {group} ({adata.n_obs:,} cells, "
+                f"{adata.X.nnz / 1e6:.0f}M non-zeros), read={how}, {label}",
+                (time.perf_counter() - t) * 1000,
+            )
+        )
+        del adata
     return out
 
 
@@ -164,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ]
     root = files_root(store)
-    for part in ("expression", "aggregates", "tables"):
+    for part in ("expression", "expression_by_cell", "aggregates", "tables"):
         size = _du(root / part)
         rows.append((f"store: {part}", f"{size / 2**30:.2f} GiB ({size / nnz:.2f} B/non-zero)"))
     whole = _du(root)

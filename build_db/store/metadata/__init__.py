@@ -17,7 +17,7 @@ from ...errors import ReleaseError
 from ...release import layout as R
 from ...release.check import CheckReport, Problem
 from .. import schema as S
-from .cells import build_cells
+from .cells import build_cells, cell_order
 from .donors import build_donors
 from .genes import build_genes
 from .taxonomy import build_taxonomy
@@ -51,6 +51,7 @@ class MetadataBuilder(MetadataViews):
         build_donors(self)
         build_taxonomy(self)
         build_cells(self)
+        self.cell_order = cell_order(self)
         self.report["notes"] = self.notes
         return self.report
 
@@ -97,9 +98,8 @@ def check_metadata(report: CheckReport, version: str = R.VERSION) -> CheckReport
     if not report.ok or not {"metadata", "taxonomy"} <= set(report.parts) or not report.cell_labels:
         return report
     try:
-        found = MetadataBuilder(report.release, report.release, list(report.species), version).validate(
-            report.cell_labels
-        )
+        builder = MetadataBuilder(report.release, report.release, list(report.species), version)
+        found = builder.validate(report.cell_labels)
     except ReleaseError as e:
         report.cell_labels = {}
         where = str(e.path) if e.path else str(report.release)
@@ -113,5 +113,6 @@ def check_metadata(report: CheckReport, version: str = R.VERSION) -> CheckReport
         report.problems.append(Problem(where, message))
         return report
     report.cell_labels = {}  # ~100 bytes a cell: not to be held through a build
+    report.cell_order = builder.cell_order  # 4 bytes a cell: the build's cell-major projection needs it
     report.notes += [n for n in found.get("notes", []) if n not in report.notes]
     return report

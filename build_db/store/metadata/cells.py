@@ -9,6 +9,27 @@ from .taxonomy import level_names
 from .views import MetadataViews, sql_literal
 
 
+def taxonomy_order() -> str:
+    """The cells' taxonomy order within a species, as an ORDER BY list: every term of every level is one
+    range of it, whatever the numbering of term_order (global or within the parent); cells without a
+    cluster last, in matrix order. `cell_rank` numbers it, and expression_by_cell is sorted by it."""
+    levels = ", ".join(f"{S.LEVEL_PREFIX[lv]}_order nulls last" for lv in R.LEVELS)
+    return f"{levels}, cell_index"
+
+
+def cell_order(m: MetadataViews) -> dict:
+    """Per species, the cell indexes in taxonomy order (position = cell_rank), from the cells table."""
+    import numpy as np
+
+    out = {}
+    for sp in m.species:
+        rows = m.con.execute(
+            f"select cell_index from cells where species = ? order by {taxonomy_order()}", [sp]
+        ).fetchnumpy()
+        out[sp] = np.asarray(rows["cell_index"], dtype=np.int32)
+    return out
+
+
 def build_cells(m: MetadataViews) -> None:
     """The cells table: every matrix cell with its metadata, library, donor, cluster and UMAP."""
     c = m.con
@@ -92,7 +113,9 @@ def build_cells(m: MetadataViews) -> None:
     umi = m.typed("cm", R.CELL_METADATA, "umi_count", "DOUBLE", "cell_label")
     levels = ", ".join(f"k.{n}" for n in level_names())
     c.execute(f"""create temp table cells as
-        select m.species, m.cell_index, m.cell_label, cm.cell_label is not null as in_cell_metadata,
+        select *, (row_number() over (partition by species order by {taxonomy_order()}) - 1)::INTEGER
+               as cell_rank
+        from (select m.species, m.cell_index, m.cell_label, cm.cell_label is not null as in_cell_metadata,
                cm.cell_barcode, cm.barcoded_cell_sample_label,
                cm.library_label, cm.donor_label, cm.alignment_job_id, {doublet} as doublet_score,
                {umi} as umi_count, cm.feature_matrix_label, cm.dataset_label, cm.abc_sample_id,
@@ -117,8 +140,8 @@ def build_cells(m: MetadataViews) -> None:
         left join value_sets vs_sp on vs_sp.field = 'species_genus' and vs_sp.label = m.species
         left join value_sets vs_sex on vs_sex.field = 'donor_sex' and vs_sex.label = d.donor_sex
         left join value_sets vs_r on vs_r.field = 'region_of_interest_label'
-             and vs_r.label = l.region_of_interest_label
-        order by m.species, m.cell_index""")
+             and vs_r.label = l.region_of_interest_label)
+        order by species, cell_index""")
     n = m.count("select count(*) from cells")
     if n != m.count("select count(*) from matrix_cells"):
         raise ReleaseError(
