@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 
 from ..errors import HmbaError
-from ..store.catalog import CATALOG, VIEW_ORDER, recorded_path, sql_literal, view_sql
+from ..store.catalog import CATALOG, recorded_path, sql_literal, view_sql, views_of
 from ..store.paths import bucket_file, files_root, is_url
 
 
@@ -101,7 +101,7 @@ def connect(
     con.execute("set parquet_metadata_cache = true")
     recorded = recorded_path(con)
     if recorded is None or Path(recorded) != root:
-        for name in VIEW_ORDER:
+        for name in views_of(con):
             temp = view_sql(name, root).replace(
                 f"create or replace view {name}", f"create or replace temp view {name}", 1
             )

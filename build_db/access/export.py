@@ -30,6 +30,7 @@ BATCH_ROWS = 1_000_000  # ~12 MB of Arrow per batch
 # Rank ranges of the selection closer than this many cells are read as one: a row group holds ~40 cells of
 # a full-scale nucleus (~2,800 non-zeros each), so a smaller gap saves no reading. At most MAX_RANGES.
 MERGE_GAP_CELLS = 64
+BY_CELL_BATCH_ROWS = 4_000_000  # ~48 MB of Arrow: fewer, larger batches for the slice copies
 MAX_RANGES = 256
 
 
@@ -124,8 +125,9 @@ def _rank_ranges(ranks: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _read_by_cell(con, species, obs, row_of, gene_col, n_vars: int, dtype):
-    """CSR straight from the cell-major rows: each cell's genes arrive together and sorted, so with all
-    genes the row lengths are known beforehand (cells.genes_detected) and every run is copied into place."""
+    """CSR straight from the cell-major rows. Each cell's genes arrive together and sorted, so with all
+    genes the row lengths are known beforehand (cells.genes_detected) and every cell's run is copied into
+    its row as one slice (~90k slices for 283M non-zeros, against 10 passes per non-zero element-wise)."""
     import scipy.sparse as sp
 
     ranges = _rank_ranges(obs.cell_rank.to_numpy())
@@ -133,51 +135,62 @@ def _read_by_cell(con, species, obs, row_of, gene_col, n_vars: int, dtype):
     reader = con.sql(
         f"select cell_index, gene_index, raw_count from expression_by_cell where species = ? and ({where})",
         params=[species],
-    ).to_arrow_reader(BATCH_ROWS)
+    ).to_arrow_reader(BY_CELL_BATCH_ROWS)
     n_obs = len(obs)
     if gene_col is None:
         lengths = obs.genes_detected.fillna(0).to_numpy(np.int64)
+        batches = (
+            (
+                b.column("cell_index").to_numpy(),
+                b.column("gene_index").to_numpy(),
+                b.column("raw_count").to_numpy(),
+            )
+            for b in reader
+        )
     else:  # a subset of genes: row lengths only known once read; keep the rows (12 bytes each), then place
         kept = [_kept(b, row_of, gene_col) for b in reader]
-        lengths = np.bincount(np.concatenate([k[0] for k in kept]), minlength=n_obs) if kept else None
-        reader = kept
+        lengths = np.bincount(np.concatenate([k[0] for k in kept]), minlength=n_obs)
+        batches = kept
+        row_of = np.arange(n_obs)  # _kept already gave output rows
     indptr = np.zeros(n_obs + 1, dtype=np.int64)
-    if lengths is not None:
-        np.cumsum(lengths, out=indptr[1:])
+    np.cumsum(lengths, out=indptr[1:])
     indices = np.empty(indptr[-1], dtype=np.int32)
     data = np.empty(indptr[-1], dtype=dtype)
-    filled = np.zeros(n_obs, dtype=np.int64)
-    for batch in reader:
-        r, cols, values = batch if gene_col is not None else _kept(batch, row_of, None)
-        m = len(r)
+    filled = indptr[:-1].copy()  # where each row's next value goes
+    for cells, genes, values in batches:
+        m = len(cells)
         if m == 0:
             continue
-        starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
-        run_len = np.diff(np.append(starts, m))
-        run_row = r[starts]
-        dest = np.repeat(indptr[run_row] + filled[run_row] - starts, run_len) + np.arange(m)
-        if dest.size and dest.max() >= len(indices):
-            raise HmbaError(
-                f"{store_of(con)}: cells hold more counts than cells.genes_detected; run hmba-db verify"
-            )
-        indices[dest] = cols
-        data[dest] = values
-        filled[run_row] += run_len
-    if not np.array_equal(filled, np.diff(indptr)):
-        bad = int(np.flatnonzero(filled != np.diff(indptr))[0])
+        starts = np.flatnonzero(np.concatenate([[True], cells[1:] != cells[:-1]]))
+        ends = np.append(starts[1:], m)
+        rows = row_of[cells[starts]]
+        for a, b, r in zip(starts.tolist(), ends.tolist(), rows.tolist(), strict=True):
+            if r < 0:  # a cell inside a merged range that the selection leaves out
+                continue
+            at = int(filled[r])
+            if at + b - a > indptr[r + 1]:
+                raise HmbaError(
+                    f"{store_of(con)}: cell {obs.cell_label.iloc[r]} holds more counts in expression_by_cell "
+                    "than cells.genes_detected says; run hmba-db verify"
+                )
+            indices[at : at + b - a] = genes[a:b]
+            data[at : at + b - a] = values[a:b]
+            filled[r] = at + b - a
+    if not np.array_equal(filled, indptr[1:]):
+        bad = int(np.flatnonzero(filled != indptr[1:])[0])
         raise HmbaError(
-            f"{store_of(con)}: cell {obs.cell_label.iloc[bad]} has {filled[bad]:,} counts in "
-            f"expression_by_cell, {np.diff(indptr)[bad]:,} expected; run hmba-db verify"
+            f"{store_of(con)}: cell {obs.cell_label.iloc[bad]} has {filled[bad] - indptr[bad]:,} counts in "
+            f"expression_by_cell, {indptr[bad + 1] - indptr[bad]:,} expected; run hmba-db verify"
         )
     return sp.csr_matrix((data, indices, indptr), shape=(n_obs, n_vars))
 
 
-def _kept(batch, row_of: np.ndarray, gene_col: np.ndarray | None):
-    """A batch's rows of selected cells (and genes): output row, output column, count."""
+def _kept(batch, row_of: np.ndarray, gene_col: np.ndarray):
+    """A batch's rows of selected cells and genes: output row, output column, count."""
     r = row_of[batch.column("cell_index").to_numpy()]
     g = batch.column("gene_index").to_numpy()
-    cols = g if gene_col is None else gene_col[np.minimum(g, len(gene_col) - 1)]
-    keep = (r >= 0) if gene_col is None else (r >= 0) & (cols >= 0) & (g < len(gene_col))
+    cols = gene_col[np.minimum(g, len(gene_col) - 1)]
+    keep = (r >= 0) & (cols >= 0) & (g < len(gene_col))
     v = batch.column("raw_count").to_numpy()
     if keep.all():
         return r, cols.astype(np.int32), v

@@ -39,6 +39,14 @@ VIEW_ORDER = (
 )
 
 
+def views_of(con: duckdb.DuckDBPyConnection, database: str | None = None) -> list[str]:
+    """The VIEW_ORDER views a catalog has, in that order: a store built by an older hmba-db lacks the newer
+    ones (expression_by_cell), and repairing or publishing it must not ask for their files."""
+    where = "not temporary" + (f" and database_name = {sql_literal(database)}" if database else "")
+    have = {r[0] for r in con.execute(f"select view_name from duckdb_views() where {where}").fetchall()}
+    return [name for name in VIEW_ORDER if name in have]
+
+
 def sql_literal(value: str | Path) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
@@ -145,11 +153,22 @@ def _term_cell_counts(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def write_comments(con: duckdb.DuckDBPyConnection) -> None:
+    """The descriptions of schema.py as COMMENT ON, for the tables, views and columns the current database
+    has (a store built by an older hmba-db lacks some)."""
+    have = set(
+        con.execute(
+            "select table_name, column_name from duckdb_columns() "
+            "where database_name = current_database() and schema_name = 'main'"
+        ).fetchall()
+    )
     for t in S.ALL:
+        if not any(name == t.name for name, _ in have):
+            continue
         kind = "view" if t.kind == "view" else "table"
         con.execute(f"comment on {kind} {t.name} is {sql_literal(t.description)}")
         for c in t.columns:
-            con.execute(f"comment on column {t.name}.{c.name} is {sql_literal(c.description)}")
+            if (t.name, c.name) in have:
+                con.execute(f"comment on column {t.name}.{c.name} is {sql_literal(c.description)}")
 
 
 def relocate(store: Path) -> tuple[str, str]:
@@ -173,7 +192,7 @@ def relocate(store: Path) -> tuple[str, str]:
         ) from e
     try:
         old = recorded_path(con)
-        for name in VIEW_ORDER:
+        for name in views_of(con):
             con.execute(view_sql(name, root))
         write_comments(con)
         con.execute("update store_info set value = ? where key = 'store_path'", [str(root)])

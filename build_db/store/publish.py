@@ -25,7 +25,7 @@ import duckdb
 
 from ..errors import HmbaError
 from ..files import save_json
-from .catalog import STORAGE_VERSION, VIEW_ORDER, sql_literal, view_sql, write_comments
+from .catalog import STORAGE_VERSION, sql_literal, view_sql, views_of, write_comments
 from .paths import BUILD_JSON, CATALOG, files_root
 
 PUBLISHED = "published.duckdb"
@@ -102,7 +102,7 @@ def publish(store: Path, base_url: str) -> dict:
         con.execute("use pub")
         for t in tables:
             con.execute(f"create table {t} as select * from src.main.{t}")
-        for name in VIEW_ORDER:
+        for name in views_of(con, "src"):
             con.execute(explicit(view_sql(name, root)))
         published_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         con.execute("update store_info set value = ? where key = 'store_path'", [url_of(root).rstrip("/")])
