@@ -291,7 +291,7 @@ def test_a_full_disk_is_one_line(tiny_release, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.parquet"))
 
-    monkeypatch.setattr(build_module, "build_stats", full)
+    monkeypatch.setattr(build_module, "merge_stats", full)
     r = CliRunner().invoke(
         main, ["build", str(tiny_release), str(tmp_path / "s"), "--species", "Marmoset", "-q"]
     )

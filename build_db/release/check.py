@@ -47,6 +47,8 @@ class CheckReport:
     cell_labels: dict[str, list[str]] = field(default_factory=dict, repr=False)
     # After check_metadata: per species, the cell indexes in taxonomy order (cells.cell_rank's order).
     cell_order: dict = field(default_factory=dict, repr=False)
+    # After check_metadata: per species, each cell's region, donor and taxonomy (statistics' groups).
+    cell_groups: dict = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:

@@ -42,13 +42,15 @@ from .paths import (
     snapshot_dir,
     staging_dir,
 )
-from .stats import build_stats
+from .stats import BATCH_ROWS as STATS_BATCH_ROWS
+from .stats import STATS_WORK, Groups, bucket_stats, merge_stats, plan_groups
 from .transpose import (
     BUCKET_TARGET_NNZ,
     MAX_BUCKET_GENES,
     BucketPlan,
     BucketStats,
     CellPlan,
+    gene_slices,
     plan_buckets,
     plan_cells,
     row_split,
@@ -179,6 +181,7 @@ def _build(
                 rep,
                 has_log2[s],
                 report.cell_order.get(s),
+                report.cell_groups.get(s),
             )
         rep.step("metadata tables: cells, genes, taxonomy, donors, libraries")
         metadata_report = MetadataBuilder(release, staging, list(species), version).build()
@@ -194,9 +197,9 @@ def _build(
                     f"{counts['cell_metadata_rows_without_matrix_cell']:,} cell_metadata rows have no "
                     "matrix cell (left out)"
                 )
-        rep.step("statistics: per taxonomy term, region x Group and donor x Group, for every gene")
+        rep.step("statistics files: per taxonomy term, region x Group and donor x Group, for every gene")
         t_stats = time.monotonic()
-        stats_report = build_stats(staging, result.species, pool, q, rep)
+        stats_report = merge_stats(staging, result.species, pool, q, rep)
         stats_seconds = time.monotonic() - t_stats
 
     build_id = state.setdefault("build_id", new_build_id())
@@ -213,7 +216,8 @@ def _build(
         **R.terms_of_use(version),
     }
     info["metadata"] = metadata_report
-    info["statistics"] = {"seconds": round(stats_seconds, 2), "rows": stats_report}
+    # The sums are taken in the sort workers; this step's time is the merge of their parts into files.
+    info["statistics"] = {"merge_seconds": round(stats_seconds, 2), "rows": stats_report}
     save_json(staging / "build.json", info)
     rep.step("catalog.duckdb: tables, views, descriptions")
     keys = ("build_id", "tool_version", "built_at", "release", "release_version")
@@ -320,8 +324,19 @@ def _scatter_job(path, plan, r0, r1, staging, tag, q):
     return scatter(Path(path), plan, r0, r1, Path(staging), tag, _Progress(q), cells)
 
 
-def _sort_job(plan, k, staging, tags, out, q):
-    n = sort_bucket(plan, k, Path(staging), tags, Path(out))
+class _Statistics:
+    """Picklable on_sorted callback of a sort job: the bucket's statistics, one part file per table."""
+
+    def __init__(self, k: int, lo: int, width: int, groups: Groups, work: Path):
+        self.k, self.lo, self.width, self.groups, self.work = k, lo, width, groups, work
+
+    def __call__(self, g0, counts, cells, values) -> None:
+        batches = gene_slices(g0, counts, cells, values, STATS_BATCH_ROWS)
+        bucket_stats(batches, self.k, self.lo, self.width, self.groups, self.work)
+
+
+def _sort_job(plan, k, staging, tags, out, q, statistics=None):
+    n = sort_bucket(plan, k, Path(staging), tags, Path(out), statistics)
     q.put(n)
     return n
 
@@ -333,7 +348,7 @@ def _cell_sort_job(k, staging, tags, out, q):
 
 
 def _build_species(
-    release, staging, species, lay: Layout, jobs, plan_args, state, pool, q, rep, has_log2, order
+    release, staging, species, lay: Layout, jobs, plan_args, state, pool, q, rep, has_log2, order, cell_groups
 ) -> dict:
     raw_path = release / lay.matrix(species, "raw")
     with CsrReader(raw_path) as m:
@@ -385,9 +400,29 @@ def _build_species(
         bar.update(done_nnz)
         run_pool(pool, q, todo, bar, scattered)
 
-    rep.step(f"{species}: sort and write {plan.n_buckets} gene buckets and {cells.n_buckets} cell buckets")
+    rep.step(
+        f"{species}: sort and write {plan.n_buckets} gene buckets (with their statistics) and "
+        f"{cells.n_buckets} cell buckets"
+    )
+    totals = np.concatenate([np.load(scatter_dir / f"totals.{t}.npy") for t in tags])
+    detected = np.concatenate([np.load(scatter_dir / f"detected.{t}.npy") for t in tags])
+    if cell_groups is None or len(cell_groups) != shape[0]:
+        raise HmbaError(f"{raw_path}: the taxonomy of its cells is unknown; run hmba-db check {release}")
+    work = staging / STATS_WORK
+    groups = plan_groups(cell_groups, totals, species, work, str(release / lay.csv(R.CELL_MEMBERSHIP)))
     todo = {
-        k: (_sort_job, (plan, k, str(scatter_dir), tags, str(bucket_file(staging, species, k)), q))
+        k: (
+            _sort_job,
+            (
+                plan,
+                k,
+                str(scatter_dir),
+                tags,
+                str(bucket_file(staging, species, k)),
+                q,
+                _Statistics(k, *_lo_width(plan, k), groups, work),
+            ),
+        )
         for k in range(plan.n_buckets)
         if str(k) not in sstate["buckets"]
     }
@@ -403,8 +438,6 @@ def _build_species(
         }
     )
 
-    totals = np.concatenate([np.load(scatter_dir / f"totals.{t}.npy") for t in tags])
-    detected = np.concatenate([np.load(scatter_dir / f"detected.{t}.npy") for t in tags])
     log2 = {"checked": False}
     if has_log2:  # one more task beside the buckets: a worker does it while the others sort
         todo["log2"] = (_log2_check, (raw_path, release / lay.matrix(species, "log2"), totals))
@@ -449,6 +482,11 @@ def _build_species(
         "cell_bucket_stats": [s.__dict__ for s in cell_stats],
         "log2_check": log2,
     }
+
+
+def _lo_width(plan: BucketPlan, k: int) -> tuple[int, int]:
+    g0, g1 = plan.gene_range(k)
+    return g0, g1 - g0
 
 
 def _write_cell_totals(staging: Path, species: str, labels, totals, detected) -> None:

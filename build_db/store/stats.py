@@ -1,6 +1,7 @@
-"""Per-cell-type statistics: one pass over the expression store into additive per-(group, gene) sums.
+"""Per-cell-type statistics: additive per-(group, gene) sums, computed while a sorted bucket is in memory.
 
-For each species and gene bucket a worker reads the bucket's Parquet file in batches and accumulates, per
+For each species and gene bucket, the sort worker that has just put the bucket's rows in (gene, cell)
+order accumulates them, before writing its Parquet file (no second pass over the store), per
 (gene, cluster), (gene, Group x region) and (gene, Group x donor): the cells expressing the gene, the sum
 of raw counts, the sum and sum of squares of log2(CPM + 1), and the cells with CPM > 1 and CPM >= 1 (the
 fields of MapMyCells' precomputed statistics, so the two can be compared). Cluster sums are then summed up
@@ -22,8 +23,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
@@ -31,9 +32,9 @@ import scipy.sparse as sp
 from ..errors import HmbaError
 from ..progress import Reporter, run_pool
 from ..release import layout as R
-from .paths import bucket_file
 
 AGGREGATES = "aggregates"
+STATS_WORK = "_stats"  # in the staging folder: the groups' codes and the sort workers' part files
 BATCH_ROWS = 262_144  # temporaries stay in cache: measured 0.57 s per 13M rows, 0.73 s at 1M, 1.56 s at 4M
 FIELDS = ("n_expressing", "sum_raw", "sum_log2_cpm", "sumsq_log2_cpm", "n_cpm_gt_1", "n_cpm_ge_1")
 FLOAT_FIELDS = ("sum_log2_cpm", "sumsq_log2_cpm")
@@ -102,22 +103,16 @@ def _codes(pairs: list[tuple]) -> tuple[list[tuple], np.ndarray]:
     return keys, np.array([at.get(p, -1) for p in pairs], dtype=np.int32)
 
 
-def plan_groups(staging: Path, species: str, work: Path) -> Groups:
-    """Read the species' cells from the metadata step's cells table and assign every cell its codes."""
-    path = Path(staging) / "tables" / "cells.parquet"
-    level_cols = ", ".join(f"{lv.lower()}_label, {lv.lower()}_order" for lv in R.LEVELS)
-    con = duckdb.connect()
-    try:
-        cells = con.execute(
-            f"select cell_index, total_counts, region_of_interest_label, donor_label, {level_cols} "
-            "from read_parquet(?) where species = ? order by cell_index",
-            [str(path), species],
-        ).df()
-    finally:
-        con.close()
+def plan_groups(cells: pd.DataFrame, totals: np.ndarray, species: str, work: Path, where: str) -> Groups:
+    """Assign every cell its codes. `cells`: one row per cell in cell_index order with its region, donor
+    and each level's label and order (the check's `cell_groups`); `totals`: each cell's total counts;
+    `where`: the file named in errors."""
+    path = where
+    cells = cells.copy()
+    cells["total_counts"] = totals
     n = len(cells)
     if n == 0 or not np.array_equal(cells.cell_index.to_numpy(), np.arange(n)):
-        raise HmbaError(f"{path}: {species} cells are not numbered 0..n-1; rebuild the store")
+        raise HmbaError(f"{path}: {species} cells are not numbered 0..n-1; run hmba-db check")
     cells = cells.astype(object).where(cells.notna(), None)
     assigned = cells[cells.cluster_label.notna()]
     # Taxonomy order for every level, from the cells' own term orders.
@@ -178,7 +173,19 @@ def plan_groups(staging: Path, species: str, work: Path) -> Groups:
     )
 
 
-def _accumulate(src: Path, lo: int, n_genes: int, codes: dict, sizes: dict, q) -> dict[str, np.ndarray]:
+def parquet_batches(src: Path):
+    """(gene_index, cell_index, raw_count) arrays of a bucket file, BATCH_ROWS at a time."""
+    for batch in pq.ParquetFile(src).iter_batches(
+        batch_size=BATCH_ROWS, columns=["gene_index", "cell_index", "raw_count"]
+    ):
+        yield (
+            batch.column("gene_index").to_numpy(),
+            batch.column("cell_index").to_numpy(),
+            batch.column("raw_count").to_numpy(),
+        )
+
+
+def _accumulate(batches, lo: int, n_genes: int, codes: dict, sizes: dict) -> dict[str, np.ndarray]:
     """Dense sums per grouping: {name: array (fields, n_genes, n_groups)}.
 
     Rows are counted into two keys per cell, its cluster and its (Group, region, donor) triple; the
@@ -189,14 +196,7 @@ def _accumulate(src: Path, lo: int, n_genes: int, codes: dict, sizes: dict, q) -
     any_big = bool((codes["totals"] >= 1_000_000).any())
     counted = {"term": sizes["term"], "triple": len(codes["triple_region_group"])}
     acc = {name: np.zeros((len(FIELDS), n_genes * m)) for name, m in counted.items()}
-    for batch in pq.ParquetFile(src).iter_batches(
-        batch_size=BATCH_ROWS, columns=["gene_index", "cell_index", "raw_count"]
-    ):
-        c = batch.column("cell_index").to_numpy()
-        if q is not None:
-            q.put(len(c))
-        g = batch.column("gene_index").to_numpy()
-        v = batch.column("raw_count").to_numpy()
+    for g, c, v in batches:
         cluster = codes["term"][c]
         keep = np.flatnonzero(cluster >= 0)  # indexes: 4x faster than boolean masks here
         if len(keep) < len(c):
@@ -290,13 +290,13 @@ def _write_part(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="none")  # read once by _merge: encoding speed over size
 
 
-def bucket_stats(
-    src: Path, bucket: int, lo: int, n_genes: int, groups: Groups, work: Path, q=None
-) -> dict[str, int]:
-    """Worker: the statistics of one bucket's genes, one part file per table (and level); row counts."""
+def bucket_stats(batches, bucket: int, lo: int, n_genes: int, groups: Groups, work: Path) -> dict[str, int]:
+    """In a sort worker: the statistics of one bucket's genes from its rows in (gene, cell) order
+    (`batches` of (gene_index, cell_index, raw_count) arrays), one part file per table (and level); row
+    counts."""
     codes = dict(np.load(groups.codes))
     sizes = {name: groups.size(name) for name in GROUPINGS}
-    dense = _accumulate(Path(src), lo, n_genes, codes, sizes, q)
+    dense = _accumulate(batches, lo, n_genes, codes, sizes)
     written = dict.fromkeys(KEYS, 0)
     # Taxonomy levels: cluster sums rolled up through a sparse 0/1 membership matrix (counts stay exact:
     # they are integers far below 2^53 in doubles). Rows by gene, then taxonomy order (np.nonzero is
@@ -339,46 +339,34 @@ def bucket_stats(
     return written
 
 
-def build_stats(staging: Path, species: dict[str, dict], pool, q, rep: Reporter) -> dict[str, dict[str, int]]:
-    """The statistics tables of every built species, from the staged expression files."""
+def merge_stats(staging: Path, species: dict[str, dict], pool, q, rep: Reporter) -> dict[str, dict[str, int]]:
+    """The statistics files of every built species from the parts the sort workers wrote, one file per
+    table (and level), sorted by gene; rows per table."""
     staging = Path(staging)
     shutil.rmtree(staging / AGGREGATES, ignore_errors=True)
-    work = staging / "_stats"
+    work = staging / STATS_WORK
     out: dict[str, dict[str, int]] = {}
     for s, info in species.items():
-        groups = plan_groups(staging, s, work)
-        per, n_genes = info["genes_per_bucket"], info["genes"]
         buckets = range(info["buckets"])
-        tasks = {
-            k: (
-                bucket_stats,
-                (
-                    bucket_file(staging, s, k),
-                    k,
-                    k * per,
-                    min(n_genes, (k + 1) * per) - k * per,
-                    groups,
-                    work,
-                    q,
-                ),
+        missing = [k for k in buckets if not _part(work, "donor_group_gene_sums", s, k).exists()]
+        if missing:
+            raise HmbaError(
+                f"{_part(work, 'donor_group_gene_sums', s, missing[0])}: missing; the build's statistics "
+                "are incomplete: delete the staging folder and build again"
             )
-            for k in buckets
-        }
-        rows = dict.fromkeys(KEYS, 0)
-
-        def done(_k, written, rows=rows):
-            for t, n in written.items():
-                rows[t] += n
-
-        with rep.bar(info["nnz"], f"{s} statistics", unit="nz") as bar:
-            run_pool(pool, q, tasks, bar, done)
         merges = {
             (t, lv): (_merge, ([_part(work, t, s, k, lv) for k in buckets], final_file(staging, t, s, lv)))
             for t in KEYS
             for lv in (R.LEVELS if t == "term_gene_sums" else [None])
         }
+        rows = dict.fromkeys(KEYS, 0)
         with rep.bar(len(merges), f"{s} statistics files", unit="file") as bar:
-            run_pool(pool, q, merges, bar, lambda _k, _n, bar=bar: bar.update(1))
+
+            def merged(key, n, rows=rows, bar=bar):
+                rows[key[0]] += n
+                bar.update(1)
+
+            run_pool(pool, q, merges, bar, merged)
         out[s] = rows
         rep.log(
             f"  {s}: {rows['term_gene_sums']:,} term x gene rows, "

@@ -425,11 +425,13 @@ def _stage_block(
         s.gene_weighted += int(weighted[bucket_starts[k] : min(bucket_starts[k + 1], plan.n_genes)].sum())
 
 
-def sort_bucket(plan: BucketPlan, k: int, staging: Path, tags: list[str], out: Path) -> int:
+def sort_bucket(plan: BucketPlan, k: int, staging: Path, tags: list[str], out: Path, on_sorted=None) -> int:
     """Pass 2 for bucket k: merge its gene-sorted staging runs into (gene, cell) order; write `out`.
 
     Rows of one gene arrive in cell order (scatter blocks in row order, tags in row order), so each run
     is copied to the next free place of its gene: a counting sort with sequential writes, no comparison.
+    `on_sorted(g0, counts, cells, values)`, given, is called with the sorted rows (see gene_slices) before
+    the file is written: the statistics are taken there, while the bucket is in memory.
     """
     g0, g1 = plan.gene_range(k)
     width = g1 - g0
@@ -466,6 +468,8 @@ def sort_bucket(plan: BucketPlan, k: int, staging: Path, tags: list[str], out: P
             cells_out[dest] = cells
             values_out[dest] = values
             fill += np.bincount(genes, minlength=width)
+    if on_sorted is not None:
+        on_sorted(g0, counts, cells_out, values_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".parquet.tmp")
     write_parquet(tmp, g0, counts, cells_out, values_out)
@@ -504,6 +508,23 @@ def _read_runs(staging: Path, k: int, tag: str, columns=("gene", "cell", "count"
             h.close()
 
 
+def gene_slices(g0: int, counts: np.ndarray, cells: np.ndarray, values: np.ndarray, step: int):
+    """A sorted bucket (gene g0 + i repeated counts[i] times, its cells and values) as (genes, cells, values)
+    slices of `step` rows: the gene column is made one slice at a time, so it costs no memory per row."""
+    ends = np.cumsum(counts)
+    for start in range(0, max(1, len(cells)), step):
+        stop = min(len(cells), start + step)
+        first = int(np.searchsorted(ends, start, side="right"))
+        last = int(np.searchsorted(ends, stop, side="left"))
+        local = counts[first : last + 1].copy()
+        if len(local):
+            local[0] = min(ends[first], stop) - start
+            if last > first:
+                local[-1] = stop - (ends[last - 1])
+        genes = np.repeat(np.arange(g0 + first, g0 + first + len(local), dtype=np.int32), local)
+        yield genes, cells[start:stop], values[start:stop]
+
+
 def write_parquet(path: Path, g0: int, counts: np.ndarray, cells: np.ndarray, values: np.ndarray) -> None:
     """Write one bucket: gene_index g0.. repeated counts[i] times, with its cells and values, in row groups.
 
@@ -511,7 +532,6 @@ def write_parquet(path: Path, g0: int, counts: np.ndarray, cells: np.ndarray, va
     memory (cells and values), not 12.
     """
     schema = pa.schema([("gene_index", pa.int32()), ("cell_index", pa.int32()), ("raw_count", pa.int32())])
-    ends = np.cumsum(counts)
     # zstd + Parquet V2 pages. cell_index: delta encoding (deltas are small within a gene: 30 MB instead of
     # 55 MB per 20M rows in DESIGN.md's measurement). raw_count: dictionary + RLE (few distinct values).
     # gene_index: PLAIN, because zstd squeezes its long constant runs as well as delta does, 10% faster
@@ -526,20 +546,9 @@ def write_parquet(path: Path, g0: int, counts: np.ndarray, cells: np.ndarray, va
         column_encoding={"gene_index": "PLAIN", "cell_index": "DELTA_BINARY_PACKED"},
         write_statistics=True,
     ) as writer:
-        step = ROW_GROUP * 16
-        for start in range(0, max(1, len(cells)), step):
-            stop = min(len(cells), start + step)
-            first = int(np.searchsorted(ends, start, side="right"))
-            last = int(np.searchsorted(ends, stop, side="left"))
-            local = counts[first : last + 1].copy()
-            if len(local):
-                local[0] = min(ends[first], stop) - start
-                if last > first:
-                    local[-1] = stop - (ends[last - 1])
-            genes = np.repeat(np.arange(g0 + first, g0 + first + len(local), dtype=np.int32), local)
+        for genes, cells_part, values_part in gene_slices(g0, counts, cells, values, ROW_GROUP * 16):
             writer.write_table(
-                pa.table([genes, cells[start:stop], values[start:stop]], schema=schema),
-                row_group_size=ROW_GROUP,
+                pa.table([genes, cells_part, values_part], schema=schema), row_group_size=ROW_GROUP
             )
 
 

@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{b['seconds']:.0f} s = {b['seconds'] / floor:.1f}x the read "
                 f"({nnz / b['seconds'] / 1e6:.1f} M non-zeros/s)",
             ),
-            ("  of which statistics", f"{b['info']['statistics']['seconds']:.0f} s"),
+            (
+                "  of which merging the statistics (their sums are taken in the sort workers)",
+                f"{b['info']['statistics']['merge_seconds']:.0f} s",
+            ),
             ("peak memory, all build processes", f"{b['peak_rss'] / 2**30:.2f} GiB"),
             (
                 "peak staging disk",

@@ -17,7 +17,7 @@ from ...errors import ReleaseError
 from ...release import layout as R
 from ...release.check import CheckReport, Problem
 from .. import schema as S
-from .cells import build_cells, cell_order
+from .cells import build_cells, cell_groups, cell_order
 from .donors import build_donors
 from .genes import build_genes
 from .taxonomy import build_taxonomy
@@ -52,6 +52,7 @@ class MetadataBuilder(MetadataViews):
         build_taxonomy(self)
         build_cells(self)
         self.cell_order = cell_order(self)
+        self.cell_groups = cell_groups(self)
         self.report["notes"] = self.notes
         return self.report
 
@@ -114,5 +115,6 @@ def check_metadata(report: CheckReport, version: str = R.VERSION) -> CheckReport
         return report
     report.cell_labels = {}  # ~100 bytes a cell: not to be held through a build
     report.cell_order = builder.cell_order  # 4 bytes a cell: the build's cell-major projection needs it
+    report.cell_groups = builder.cell_groups  # ~50 bytes a cell: the statistics, computed while sorting
     report.notes += [n for n in found.get("notes", []) if n not in report.notes]
     return report

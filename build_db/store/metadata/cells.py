@@ -30,6 +30,25 @@ def cell_order(m: MetadataViews) -> dict:
     return out
 
 
+GROUP_COLUMNS = ("region_of_interest_label", "donor_label") + tuple(
+    f"{S.LEVEL_PREFIX[lv]}_{part}" for lv in R.LEVELS for part in ("label", "order")
+)
+
+
+def cell_groups(m: MetadataViews) -> dict:
+    """Per species, what the statistics group cells by (region, donor, each level's label and order), one
+    row per cell in cell_index order, labels as categoricals (~4 bytes a cell each): the build computes
+    the statistics while it sorts, before the cells table is written."""
+    out = {}
+    for sp in m.species:
+        table = m.con.execute(
+            f"select cell_index, {', '.join(GROUP_COLUMNS)} from cells where species = ? order by cell_index",
+            [sp],
+        ).to_arrow_table()
+        out[sp] = table.to_pandas(strings_to_categorical=True)
+    return out
+
+
 def build_cells(m: MetadataViews) -> None:
     """The cells table: every matrix cell with its metadata, library, donor, cluster and UMAP."""
     c = m.con
