@@ -60,7 +60,7 @@ from .transpose import (
 )
 from .verify import verify_store
 
-STATE_VERSION = 3  # 2: snapshots (a build id kept across a resume); 3: cell buckets, framed counts
+STATE_VERSION = 4  # 2: snapshots (a build id kept across a resume); 3: cell buckets, framed counts; 4: statistics in the sort
 # How long a replaced build's files stay for readers that opened it before the rebuild: long enough for a
 # dashboard left open over a working day, at the cost of one more build's disk meanwhile.
 KEEP_OLD_SECONDS = 24 * 3600

@@ -41,9 +41,9 @@ def cell_groups(m: MetadataViews) -> dict:
     the statistics while it sorts, before the cells table is written."""
     out = {}
     for sp in m.species:
-        table = m.con.execute(
+        table = m.con.sql(
             f"select cell_index, {', '.join(GROUP_COLUMNS)} from cells where species = ? order by cell_index",
-            [sp],
+            params=[sp],
         ).to_arrow_table()
         out[sp] = table.to_pandas(strings_to_categorical=True)
     return out
