@@ -60,7 +60,8 @@ from .transpose import (
 )
 from .verify import verify_store
 
-STATE_VERSION = 4  # 2: snapshots (a build id kept across a resume); 3: cell buckets, framed counts; 4: statistics in the sort
+# 2: snapshots (a build id kept across a resume); 3: cell buckets, framed counts; 4: statistics in the sort
+STATE_VERSION = 4
 # How long a replaced build's files stay for readers that opened it before the rebuild: long enough for a
 # dashboard left open over a working day, at the cost of one more build's disk meanwhile.
 KEEP_OLD_SECONDS = 24 * 3600
@@ -231,6 +232,9 @@ def _build(
             f"verification failed, store not published (staging kept at {staging}): {problems[0]}"
         )
     rep.step(f"publish {store}")
+    # Where the time went, for `make bench-full` and anyone tuning a build (the publish step is not in it).
+    info["step_seconds"] = rep.step_seconds()[:-1]
+    save_json(staging / "build.json", info)
     shutil.rmtree(staging / "_scatter", ignore_errors=True)
     (staging / "state.json").unlink(missing_ok=True)
     _publish(staging, store, build_id, keep_old)

@@ -270,6 +270,8 @@ def query_ladder(out: Path, scales: list[float], soma_scales: list[float]) -> li
 
 
 def _soma(out: Path, scale: float, con, answer) -> dict:
+    from ..access.export import to_anndata
+
     python = SOMA_VENV / "bin" / "python"
     if not python.exists():
         sys.exit(f"{python} is missing: `make bench` creates it (pip install tiledbsoma)")
@@ -302,7 +304,33 @@ def _soma(out: Path, scale: float, con, answer) -> dict:
     )
     soma = {g: v[0] for g, v in result["answer"].items()}
     diff = max(abs(soma[g] - answer.loc[g, QUERY_GENE]) for g in soma)
+    # The cell slice: every gene of the largest Group's cells, get_anndata with an obs filter against ours.
+    group = con.execute(
+        "select group_name from cells where species = 'Human' and group_name is not null "
+        "group by 1 order by count(*) desc limit 1"
+    ).fetchall()[0][0]
+    picked = out / f"soma-slice-{scale:g}.parquet"
+    con.sql(
+        "select cell_index from cells where species = 'Human' and group_name = $g order by cell_index",
+        params={"g": group},
+    ).write_parquet(str(picked))
+    sliced = json.loads(
+        subprocess.run(
+            [str(python), script, "slice", str(uri), str(picked), "3"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    ours_ms, ours = _median_ms(lambda: to_anndata(con, "Human", cells=f"group_name = '{group}'"), repeat=3)
+    if [ours.n_obs, ours.n_vars] != sliced["shape"] or ours.X.nnz != sliced["nnz"]:
+        sys.exit(f"the {group} slice differs: store {ours.shape}, {ours.X.nnz} non-zeros; SOMA {sliced}")
     return {
+        "slice_group": group,
+        "slice_cells": ours.n_obs,
+        "slice_nnz": ours.X.nnz,
+        "slice_ms": ours_ms,
+        "soma_slice_ms": float(np.median(sliced["seconds"])) * 1000,
         "soma_ms": float(np.median(result["seconds"])) * 1000,
         "soma_diff": float(diff),
         "soma_ingest_s": ingest["seconds"],
@@ -314,15 +342,18 @@ def _soma(out: Path, scale: float, con, answer) -> dict:
 def query_table(rows: list[dict]) -> str:
     lines = [
         "| scale | Human cells | 1 gene x Group (store) | 7 genes x Group x 3 species (store) "
-        "| 1 gene, h5ad scan | scan / store | 1 gene, TileDB-SOMA | SOMA / store | SOMA ingest |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| 1 gene, h5ad scan | scan / store | 1 gene, TileDB-SOMA | SOMA / store | SOMA ingest "
+        "| a Group's cells, all genes: to_anndata | the same, SOMA get_anndata |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         soma = (
             f"{r['soma_ms']:.0f} ms | {r['soma_ms'] / r['one_gene_ms']:.0f}x | {r['soma_ingest_s']:.0f} s, "
-            f"{r['soma_peak'] / 2**30:.1f} GiB peak"
+            f"{r['soma_peak'] / 2**30:.1f} GiB peak | {r['slice_ms']:.0f} ms ({r['slice_group']}: "
+            f"{r['slice_cells']:,} cells, {r['slice_nnz'] / 1e6:.1f}M non-zeros) "
+            f"| {r['soma_slice_ms']:.0f} ms"
             if "soma_ms" in r
-            else "not run | | "
+            else "not run | | | | "
         )
         lines.append(
             f"| {r['scale']:g} | {r['cells']:,} | {r['one_gene_ms']:.1f} ms | {r['seven_genes_ms']:.0f} ms "

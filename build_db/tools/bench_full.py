@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 "  of which merging the statistics (their sums are taken in the sort workers)",
                 f"{b['info']['statistics']['merge_seconds']:.0f} s",
             ),
+            *((f"  step: {step}", f"{seconds:.0f} s") for step, seconds in b["info"].get("step_seconds", [])),
             ("peak memory, all build processes", f"{b['peak_rss'] / 2**30:.2f} GiB"),
             (
                 "peak staging disk",

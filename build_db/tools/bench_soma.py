@@ -4,10 +4,13 @@ Standalone on purpose: it imports only tiledbsoma, anndata, numpy, pandas and py
 
     python bench_soma.py ingest RAW.h5ad URI            -> {"seconds": s, "bytes": n, "peak_rss": b}
     python bench_soma.py query URI CELLS.parquet GENE N -> {"seconds": [...], "answer": {group: [mean, frac]}}
+    python bench_soma.py slice URI SLICE.parquet N      -> {"seconds": [...], "shape": .., "nnz": n, ..}
 
 CELLS.parquet holds cell_index, group_name and total_counts of the assigned cells; the query reads one
 gene's column of raw counts for all cells (how CELLxGENE Census users fetch a gene), derives log2 CPM
-from the totals and averages per Group, like the store's query.
+from the totals and averages per Group, like the store's query. SLICE.parquet holds the cell_index of a
+selection (one Group); `slice` is `get_anndata` with an obs filter, all genes (the Census user's cell
+slice), against the store's to_anndata of the same cells.
 """
 
 from __future__ import annotations
@@ -67,11 +70,32 @@ def query(uri: str, cells_path: str, gene: int, repeat: int) -> dict:
     return {"seconds": times, "answer": answer}
 
 
+def cell_slice(uri: str, cells_path: str, repeat: int) -> dict:
+    import tiledbsoma
+
+    coords = pd.read_parquet(cells_path).cell_index.to_numpy().astype(np.int64)
+    times, adata = [], None
+    with tiledbsoma.Experiment.open(uri) as exp:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            with exp.axis_query("RNA", obs_query=tiledbsoma.AxisQuery(coords=(coords,))) as q:
+                adata = q.to_anndata(X_name="data")
+            times.append(time.perf_counter() - t0)
+    return {
+        "seconds": times,
+        "shape": list(adata.shape),
+        "nnz": int(adata.X.nnz),
+        "sum": float(adata.X.sum(dtype=np.float64)),
+    }
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["ingest"] and len(argv) == 3:
         print(json.dumps(ingest(argv[1], argv[2])))
     elif argv[:1] == ["query"] and len(argv) == 5:
         print(json.dumps(query(argv[1], argv[2], int(argv[3]), int(argv[4]))))
+    elif argv[:1] == ["slice"] and len(argv) == 4:
+        print(json.dumps(cell_slice(argv[1], argv[2], int(argv[3]))))
     else:
         print(__doc__, file=sys.stderr)
         return 2
