@@ -53,6 +53,14 @@ def remanifest(release: Path) -> None:
 
 
 @pytest.fixture(scope="session")
+def source(tiny_release) -> dict:
+    """The tiny release's raw matrices as AnnData, per species: what the store must give back."""
+    import anndata as ad
+
+    return {s: ad.read_h5ad(tiny_release / R.matrix_path(s, "raw")) for s in R.SPECIES}
+
+
+@pytest.fixture(scope="session")
 def tiny_store(tiny_release, tmp_path_factory) -> Path:
     """The tiny release built into a store with several gene buckets per species. Read-only."""
     from build_db import build

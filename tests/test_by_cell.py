@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import anndata as ad
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,11 +26,6 @@ def con(tiny_store):
     c = connect(tiny_store)
     yield c
     c.close()
-
-
-@pytest.fixture(scope="module")
-def source(tiny_release):
-    return {s: ad.read_h5ad(tiny_release / R.matrix_path(s, "raw")) for s in R.SPECIES}
 
 
 @pytest.mark.parametrize("species", R.SPECIES)

@@ -19,11 +19,6 @@ def con(tiny_store):
     c.close()
 
 
-@pytest.fixture(scope="module")
-def source(tiny_release):
-    return {s: ad.read_h5ad(tiny_release / R.matrix_path(s, "raw")) for s in R.SPECIES}
-
-
 @pytest.mark.parametrize("species", R.SPECIES)
 def test_a_whole_species_round_trips_exactly(con, source, species):
     a = to_anndata(con, species)

@@ -38,16 +38,19 @@ def _build_info(store: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _scan(
-    files: list[str], n_cells: int, per: int, n_genes: int
-) -> tuple[dict, np.ndarray, np.ndarray, list]:
-    """Worker: read whole files; return per-bucket stats, per-cell sums and counts, layout problems."""
+def _scan(files: list[str], n_cells: int, genes: tuple[int, int] | None, rank_of=None) -> tuple:
+    """Worker: read whole files; return per-bucket stats, per-cell sums and counts, layout problems.
+
+    Gene-major files (`genes` = (genes per bucket, genes)): rows strictly increasing in (gene, cell),
+    inside the bucket's gene range. Cell-major files (`rank_of`, each cell's rank): rows strictly
+    increasing in (cell_rank, gene), and each row's cell_rank its cell's."""
     cell_sum = np.zeros(n_cells, dtype=np.float64)  # exact: per-cell totals are < 2^31, far below 2^53
     cell_n = np.zeros(n_cells, dtype=np.int64)
     stats, problems = {}, []
+    what = "bucket" if rank_of is None else "cell bucket"
     for f in files:
         k = int(Path(f).parent.name.split("=")[1])
-        lo, hi = k * per, min(n_genes, (k + 1) * per) - 1
+        lo, hi = (k * genes[0], min(genes[1], (k + 1) * genes[0]) - 1) if genes else (0, 2**16 - 1)
         total = [0, 0, 0, 0]
         last_key, row = -1, 0
         # Batches bound a worker's memory (~40 bytes per row of a batch) whatever the bucket's size.
@@ -63,66 +66,29 @@ def _scan(
             total[3] += int((g * v).sum())
             if g.min() < lo or g.max() > hi or c.min() < 0 or c.max() >= n_cells:
                 problems.append(
-                    f"bucket {k}: genes {g.min()}..{g.max()} or cells {c.min()}..{c.max()} outside "
+                    f"{what} {k}: genes {g.min()}..{g.max()} or cells {c.min()}..{c.max()} outside "
                     f"the bucket's genes {lo}..{hi} and cells 0..{n_cells - 1}"
                 )
                 break
-            key = g * n_cells + c
+            if rank_of is None:
+                key = g * n_cells + c
+            else:
+                r = batch.column("cell_rank").to_numpy().astype(np.int64)
+                wrong = np.flatnonzero(rank_of[c] != r)
+                if len(wrong):
+                    i = int(wrong[0])
+                    problems.append(
+                        f"{what} {k}: row {row + i} has cell_rank {r[i]} for cell {c[i]}, whose rank is "
+                        f"{rank_of[c[i]]}"
+                    )
+                    break
+                key = r * 2**16 + g
             steps = np.diff(np.concatenate([[last_key], key]))
             bad = np.flatnonzero(steps <= 0)
             if len(bad):
                 i = int(bad[0])
                 kind = "duplicate" if steps[i] == 0 else "out of order"
-                problems.append(f"bucket {k}: row {row + i} (gene {g[i]}, cell {c[i]}) is {kind}")
-                break
-            last_key = int(key[-1])
-            row += len(v)
-            cell_sum += np.bincount(c, weights=v, minlength=n_cells)
-            cell_n += np.bincount(c, minlength=n_cells)
-        stats[k] = total
-    return stats, cell_sum, cell_n, problems
-
-
-def _scan_cells(files: list[str], rank_of: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, list]:
-    """Worker: the cell-major files read whole: per-bucket stats, per-cell sums and counts, and problems
-    (rows not strictly increasing in (cell_rank, gene_index), a cell_rank that is not the cell's)."""
-    n_cells = len(rank_of)
-    cell_sum = np.zeros(n_cells, dtype=np.float64)
-    cell_n = np.zeros(n_cells, dtype=np.int64)
-    stats, problems = {}, []
-    for f in files:
-        k = int(Path(f).parent.name.split("=")[1])
-        total = [0, 0, 0, 0]
-        last_key, row = -1, 0
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS):
-            r = batch.column("cell_rank").to_numpy().astype(np.int64)
-            c = batch.column("cell_index").to_numpy().astype(np.int64)
-            g = batch.column("gene_index").to_numpy().astype(np.int64)
-            v = batch.column("raw_count").to_numpy().astype(np.int64)
-            if len(v) == 0:
-                continue
-            total[0] += len(v)
-            total[1] += int(v.sum())
-            total[2] += int(c.sum())
-            total[3] += int((g * v).sum())
-            if c.min() < 0 or c.max() >= n_cells or g.min() < 0 or g.max() >= 2**16:
-                problems.append(f"cell bucket {k}: cells {c.min()}..{c.max()} outside 0..{n_cells - 1}")
-                break
-            wrong = np.flatnonzero(rank_of[c] != r)
-            if len(wrong):
-                i = int(wrong[0])
-                problems.append(
-                    f"cell bucket {k}: row {row + i} has cell_rank {r[i]} for cell {c[i]}, whose rank is "
-                    f"{rank_of[c[i]]}"
-                )
-                break
-            key = r * 2**16 + g
-            steps = np.diff(np.concatenate([[last_key], key]))
-            bad = np.flatnonzero(steps <= 0)
-            if len(bad):
-                i = int(bad[0])
-                kind = "duplicate" if steps[i] == 0 else "out of order"
-                problems.append(f"cell bucket {k}: row {row + i} (cell {c[i]}, gene {g[i]}) is {kind}")
+                problems.append(f"{what} {k}: row {row + i} (gene {g[i]}, cell {c[i]}) is {kind}")
                 break
             last_key = int(key[-1])
             row += len(v)
@@ -182,12 +148,8 @@ def _verify_species(pool, store: Path, sp: str, meta: dict, jobs: int) -> list[s
         these = sorted(these, key=lambda f: -f.stat().st_size)
         for i in range(max(1, jobs)):
             share = [str(f) for f in these[i :: max(1, jobs)]]
-            if kind == "gene":
-                futures.append(
-                    (kind, pool.submit(_scan, share, n_cells, meta["genes_per_bucket"], meta["genes"]))
-                )
-            else:
-                futures.append((kind, pool.submit(_scan_cells, share, rank_of)))
+            by = (meta["genes_per_bucket"], meta["genes"]) if kind == "gene" else None
+            futures.append((kind, pool.submit(_scan, share, n_cells, by, None if by else rank_of)))
     stats: dict[int, list[int]] = {}
     cell_stats: dict[int, list[int]] = {}
     have = {
