@@ -333,8 +333,17 @@ def check(release, species, what, md5, version):
     show_default=True,
     help="Hours a replaced build's snapshot stays for readers that opened it before the rebuild.",
 )
+@click.option(
+    "--cell-major/--no-cell-major",
+    default=True,
+    show_default=True,
+    help="Also write the cell-major copy (expression_by_cell) that makes a cell selection's AnnData fast; "
+    "without it the store and staging are ~45% smaller and the build a fifth faster.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, force, keep_old, quiet):
+def build(
+    release, store, species, jobs, bucket_nnz, bucket_genes, version, force, keep_old, cell_major, quiet
+):
     """Build the store at STORE from the release directory RELEASE.
 
     Checks the release first, transposes each species' raw matrix into gene-bucketed Parquet sorted by
@@ -360,6 +369,7 @@ def build(release, store, species, jobs, bucket_nnz, bucket_genes, version, forc
         force=force,
         keep_old=keep_old * 3600,
         quiet=quiet,
+        cell_major=cell_major,
     )
 
 

@@ -193,3 +193,36 @@ def test_verify_finds_a_damaged_projection(tiny_store, tmp_path, column, change,
     _tamper(f, column, change)
     problems = verify_store(copy, species=["Marmoset"], jobs=1)
     assert any(__import__("re").search(message, p) for p in problems), problems
+
+
+def test_a_build_without_the_cell_major_copy(tiny_release, source, tmp_path):
+    """--no-cell-major: no expression_by_cell files or view, everything else as usual; to_anndata of a
+    cell selection reads the gene-major files, and the store verifies, moves and publishes."""
+    from click.testing import CliRunner
+
+    from build_db.cli import main
+    from build_db.store.publish import publish
+
+    store = tmp_path / "store"
+    r = CliRunner().invoke(
+        main, ["build", str(tiny_release), str(store), "--species", "Marmoset", "--no-cell-major", "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    root = files_root(store)
+    assert not (root / "expression_by_cell").exists()
+    info = json.loads((root / "build.json").read_text())
+    assert info["parameters"]["cell_major"] is False and info["species"]["Marmoset"]["cell_buckets"] == 0
+    assert verify_store(store) == []
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)  # a moved copy: connect() repairs the views it has, and only those
+    with connect(moved) as c:
+        assert "expression_by_cell" not in {
+            v[0] for v in c.execute("select view_name from duckdb_views()").fetchall()
+        }
+        a = to_anndata(c, "Marmoset", cells="group_name is not null")
+        want = c.execute(
+            "select cell_index from cells where species = 'Marmoset' and group_name is not null order by 1"
+        ).fetchnumpy()["cell_index"]
+    x = source["Marmoset"].X[want]
+    assert a.X.nnz == x.nnz > 0 and (a.X != x).nnz == 0
+    assert publish(store, "https://example.org/hmba/")["files"][0] == "published.duckdb"

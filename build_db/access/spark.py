@@ -143,6 +143,8 @@ def _register_at(spark, root: str, views: bool = True) -> list[str]:
         return names
     by_name = {v.name: v for v in S.VIEWS}
     for name in VIEW_ORDER:
+        if name == "expression_by_cell" and not _exists(spark, f"{root}/expression_by_cell"):
+            continue  # a store built without the cell-major copy (hmba-db build --no-cell-major)
         sql = view_sql(name, Path("/{store}"))
         sql = _with_file_views(spark, sql, root, by_name[name])
         select = sqlglot.parse_one(sql, read="duckdb").expression

@@ -90,11 +90,14 @@ def build(
     force: bool = False,
     keep_old: float | None = None,
     quiet: bool = False,
+    cell_major: bool = True,
 ) -> BuildResult:
     """Build (or rebuild) the expression store at `store` from a release directory.
 
     One build per store at a time (a lock beside it). A rebuild that would drop species the store has, or
-    a folder holding files a build did not write, is refused unless `force`.
+    a folder holding files a build did not write, is refused unless `force`. `cell_major=False` leaves
+    out the cell-major copy (expression_by_cell): ~45% less store and staging, a fifth less build time;
+    to_anndata of a cell selection then reads the gene-major files.
 
     Example:
         >>> build(Path("data/release"), Path("data/store"))  # doctest: +SKIP
@@ -128,11 +131,12 @@ def build(
             version,
             KEEP_OLD_SECONDS if keep_old is None else keep_old,
             rep,
+            cell_major,
         )
 
 
 def _build(
-    release, store, species, entries, lay, jobs, bucket_nnz, bucket_genes, version, keep_old, rep
+    release, store, species, entries, lay, jobs, bucket_nnz, bucket_genes, version, keep_old, rep, cell_major
 ) -> BuildResult:
     has_log2 = {s: (release / lay.matrix(s, "log2")).exists() for s in species}
     parts = ("raw", "metadata", "taxonomy") + (("log2",) if all(has_log2.values()) else ())
@@ -153,13 +157,14 @@ def _build(
     for s in species:
         with CsrReader(release / lay.matrix(s, "raw")) as m:
             largest = max(largest, m.nnz)
-    check_disk(staging, largest)
+    check_disk(staging, largest, cell_major)
     params = {
         "release": str(release),
         "version": version,
         "species": list(species),
         "bucket_nnz": bucket_nnz,
         "bucket_genes": bucket_genes,
+        "cell_major": cell_major,
         "sources": _fingerprints(release, species, entries, lay),
         "state_version": STATE_VERSION,
     }
@@ -167,6 +172,11 @@ def _build(
     result = BuildResult(store, resumed=bool(state.get("species")))
     t0 = time.monotonic()
 
+    missing = [s for s in species if cell_major and s not in report.cell_order]
+    if missing:
+        raise HmbaError(
+            f"{release}: the taxonomy order of the {missing[0]} cells is unknown; run hmba-db check"
+        )
     with worker_pool(jobs) as (pool, q):
         for s in species:
             result.species[s] = _build_species(
@@ -181,7 +191,7 @@ def _build(
                 q,
                 rep,
                 has_log2[s],
-                report.cell_order.get(s),
+                report.cell_order.get(s) if cell_major else None,
                 report.cell_groups.get(s),
             )
         rep.step("metadata tables: cells, genes, taxonomy, donors, libraries")
@@ -212,7 +222,12 @@ def _build(
         "release": str(release),
         "release_version": version,
         "sources": params["sources"],
-        "parameters": {"bucket_nnz": bucket_nnz, "bucket_genes": bucket_genes, "jobs": jobs},
+        "parameters": {
+            "bucket_nnz": bucket_nnz,
+            "bucket_genes": bucket_genes,
+            "jobs": jobs,
+            "cell_major": cell_major,
+        },
         "species": result.species,
         **R.terms_of_use(version),
     }
@@ -324,7 +339,8 @@ CELL_PLAN = "cell_plan.npz"  # in a species' scatter folder: the cell buckets, f
 
 
 def _scatter_job(path, plan, r0, r1, staging, tag, q):
-    cells = CellPlan.load(Path(staging) / CELL_PLAN)
+    plan_file = Path(staging) / CELL_PLAN
+    cells = CellPlan.load(plan_file) if plan_file.exists() else None  # none: no cell-major copy
     return scatter(Path(path), plan, r0, r1, Path(staging), tag, _Progress(q), cells)
 
 
@@ -363,13 +379,17 @@ def _build_species(
     plan = plan_buckets(shape[1], nnz, *plan_args)
     sstate = state["species"].setdefault(species, {"scatter": {}, "buckets": {}, "cell_buckets": {}})
     scatter_dir = staging / "_scatter" / species
-    if order is None or len(order) != shape[0]:
+    scatter_dir.mkdir(parents=True, exist_ok=True)
+    (scatter_dir / CELL_PLAN).unlink(missing_ok=True)
+    if order is None:  # cell_major=False: no cell-major copy, no cell buckets
+        cells = CellPlan(np.empty(0, np.int32), np.zeros(1, np.int64), np.empty(0, np.int32))
+    elif len(order) != shape[0]:
         raise HmbaError(
             f"{raw_path}: the taxonomy order of its cells is unknown; run hmba-db check {release}"
         )
-    cells = plan_cells(order, np.diff(indptr), plan_args[0])
-    scatter_dir.mkdir(parents=True, exist_ok=True)
-    cells.save(scatter_dir / CELL_PLAN)
+    else:
+        cells = plan_cells(order, np.diff(indptr), plan_args[0])
+        cells.save(scatter_dir / CELL_PLAN)
     splits = row_split(indptr, max(1, jobs))
     tags = [f"p{i}" for i in range(len(splits))]
     sstate.setdefault("tags", tags)

@@ -115,16 +115,18 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
         "insert into licence values (?, ?)", list(R.terms_of_use(info.get("release_version", "")).items())
     )
     bound_to = final
+    # A store built without the cell-major copy has no expression_by_cell folder, so no view over it.
+    views = [v for v in VIEW_ORDER if v != "expression_by_cell" or (files_at / "expression_by_cell").is_dir()]
     try:
         with _bindable(final, files_at):
-            for name in VIEW_ORDER:
+            for name in views:
                 con.execute(view_sql(name, final))
     except duckdb.IOException:
         # The store being replaced lacks files this version writes (built by an older hmba-db): bind to
         # the staging directory and record that, so the builder relocates the views after publishing
         # (and connect() shadows them meanwhile).
         bound_to = files_at
-        for name in VIEW_ORDER:
+        for name in views:
             con.execute(view_sql(name, files_at))
     rows = {**info, "store_path": str(bound_to)}
     con.executemany("insert into store_info values (?, ?)", list(rows.items()))

@@ -23,6 +23,7 @@ STORE_ENTRIES = frozenset(
 # Measured: 2.6 bytes per non-zero of LZ4-framed scatter runs at full-scale Macaque (10 before the frames);
 # the cell-major projection's runs add about as much again.
 STAGING_BYTES_PER_NZ = 6
+STAGING_BYTES_PER_NZ_GENE_MAJOR = 4  # built without the cell-major copy
 DISK_MARGIN = 1 << 30  # keep 1 GiB free beyond the estimate
 
 
@@ -123,9 +124,9 @@ def _listing(names: list[str], most: int = 5) -> str:
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def check_disk(staging: Path, largest_nnz: int) -> None:
+def check_disk(staging: Path, largest_nnz: int, cell_major: bool = True) -> None:
     """Staging holds ~10 bytes per non-zero of the largest species at its peak: check the room first."""
-    need = STAGING_BYTES_PER_NZ * largest_nnz
+    need = (STAGING_BYTES_PER_NZ if cell_major else STAGING_BYTES_PER_NZ_GENE_MAJOR) * largest_nnz
     if staging.exists():  # a resumed build has part of it already
         need -= sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     where = staging if staging.exists() else staging.parent
