@@ -403,7 +403,8 @@ def verify(store, species):
             continue
         click.echo(
             f"OK: {sp}: {meta['nnz']:,} non-zeros in {meta['buckets']} gene buckets and "
-            f"{meta.get('cell_buckets', 0)} cell buckets, {meta['cells']:,} cells, "
+            f"{meta.get('cell_buckets', 0)} cell bucket{'' if meta.get('cell_buckets', 0) == 1 else 's'}, "
+            f"{meta['cells']:,} cells, "
             f"sum {meta['sum']:,}: counts, checksums and per-cell totals reconcile"
             + ("; statistics additive and recomputed" if (files_root(store) / "aggregates").exists() else "")
         )
