@@ -138,7 +138,8 @@ def test_auto_reads_by_cell_for_all_genes_of_a_term_and_by_gene_for_a_few_genes(
         )
     to_anndata(con, "Human", cells="group_name = 'Astrocyte'")
     to_anndata(con, "Human", ["DRD1"], "group_name is not null")
-    assert calls == ["_read_by_cell", "_read_by_gene"]
+    to_anndata(con, "Human", cells="cell_index % 10 = 0")  # scattered over the taxonomy: every range read
+    assert calls == ["_read_by_cell", "_read_by_gene", "_read_by_gene"]
 
 
 def test_many_scattered_ranges_are_merged_into_at_most_max_ranges(monkeypatch):
@@ -212,6 +213,8 @@ def test_a_build_without_the_cell_major_copy(tiny_release, source, tmp_path):
     assert not (root / "expression_by_cell").exists()
     info = json.loads((root / "build.json").read_text())
     assert info["parameters"]["cell_major"] is False and info["species"]["Marmoset"]["cell_buckets"] == 0
+    steps = [name for name, seconds in info["step_seconds"] if seconds >= 0]
+    assert steps[0].startswith("check") and steps[-1].startswith("verify") and len(steps) == 7
     assert verify_store(store) == []
     moved = tmp_path / "moved"
     shutil.copytree(root, moved)  # a moved copy: connect() repairs the views it has, and only those
