@@ -33,9 +33,11 @@ MERGE_GAP_CELLS = 64
 BY_CELL_BATCH_ROWS = 4_000_000  # ~48 MB of Arrow: fewer, larger batches for the slice copies
 MAX_RANGES = 64  # DuckDB tests each row against every range: few, wide ranges
 # How much dearer a row read by cell is than one read by gene (the range filter, the copy): a judgement.
-# At --scale 0.1, 10,000 cells scattered over the taxonomy read by cell took 26.0 s (nearly every row of
-# the species, through 64+ ranges) where an earlier run read them by gene in 4.5 s.
 BY_CELL_ROW_COST = 2.0
+# auto reads by cell only for a selection of at most this many ranges (a term or a few): DuckDB tests every
+# row against each range, and at --scale 0.1 the first 10,000 cells (64 ranges, less than half the rows)
+# took 13.2 s by cell against 7.8 s by gene.
+AUTO_MAX_RANGES = 8
 
 
 def _cells(con: duckdb.DuckDBPyConnection, species: str, cells) -> pd.DataFrame:
@@ -113,7 +115,7 @@ def _by_cell(con, species: str, obs: pd.DataFrame, var: pd.DataFrame, genes, rea
     # range filter): a selection scattered over the taxonomy (every 10th cell, a donor) reads by gene.
     ranges = np.array(_rank_ranges(obs.cell_rank.to_numpy()), dtype=np.int64).reshape(-1, 2)
     by_cell = float((before[ranges[:, 1] + 1] - before[ranges[:, 0]]).sum())
-    return by_cell * BY_CELL_ROW_COST < by_gene
+    return len(ranges) <= AUTO_MAX_RANGES and by_cell * BY_CELL_ROW_COST < by_gene
 
 
 def _rank_ranges(ranks: np.ndarray) -> list[tuple[int, int]]:
