@@ -103,11 +103,10 @@ def _codes(pairs: list[tuple]) -> tuple[list[tuple], np.ndarray]:
     return keys, np.array([at.get(p, -1) for p in pairs], dtype=np.int32)
 
 
-def plan_groups(cells: pd.DataFrame, totals: np.ndarray, species: str, work: Path, where: str) -> Groups:
+def plan_groups(cells: pd.DataFrame, totals: np.ndarray, species: str, work: Path, path: str) -> Groups:
     """Assign every cell its codes. `cells`: one row per cell in cell_index order with its region, donor
     and each level's label and order (the check's `cell_groups`); `totals`: each cell's total counts;
-    `where`: the file named in errors."""
-    path = where
+    `path`: the file named in errors."""
     cells = cells.copy()
     cells["total_counts"] = totals
     n = len(cells)
@@ -171,18 +170,6 @@ def plan_groups(cells: pd.DataFrame, totals: np.ndarray, species: str, work: Pat
         {k: np.bincount(c[c >= 0], minlength=sizes[k]) for k, c in by.items()},
         {k: np.bincount(c[c >= 0], weights=totals[c >= 0], minlength=sizes[k]) for k, c in by.items()},
     )
-
-
-def parquet_batches(src: Path):
-    """(gene_index, cell_index, raw_count) arrays of a bucket file, BATCH_ROWS at a time."""
-    for batch in pq.ParquetFile(src).iter_batches(
-        batch_size=BATCH_ROWS, columns=["gene_index", "cell_index", "raw_count"]
-    ):
-        yield (
-            batch.column("gene_index").to_numpy(),
-            batch.column("cell_index").to_numpy(),
-            batch.column("raw_count").to_numpy(),
-        )
 
 
 def _accumulate(batches, lo: int, n_genes: int, codes: dict, sizes: dict) -> dict[str, np.ndarray]:
