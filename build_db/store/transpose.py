@@ -199,6 +199,17 @@ def _read_frames(h, dtype, sizes) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype=dtype)
 
 
+def _undo_steps(steps: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Values staged as steps from the previous value, the sum restarting at each segment (`lengths`
+    values each; empty segments allowed), as int64."""
+    sums = np.cumsum(steps, dtype=np.int64)
+    at = np.cumsum(lengths) - lengths
+    base = np.zeros(len(lengths), dtype=np.int64)
+    filled = lengths > 0
+    base[filled] = sums[at[filled]] - steps[at[filled]]
+    return sums - np.repeat(base, lengths)
+
+
 def _staged(staging: Path, k: int, tag: str, column: str) -> Path:
     return staging / f"b{k:04d}.{tag}.{column}"
 
@@ -497,10 +508,7 @@ def _read_runs(staging: Path, k: int, tag: str, columns=("gene", "cell", "count"
             arrays = {name: _read_frames(h, dtypes[name], sizes[i:j]) for name, h in handles.items()}
             cells = arrays.get("cell")
             if cells is not None:  # deltas within each block's frame: restart the sum at each block
-                starts = np.concatenate([[0], np.cumsum(sizes[i:j])[:-1]]).astype(np.int64)
-                sums = np.cumsum(cells, dtype=np.int64)
-                base = np.repeat(sums[starts] - cells[starts], sizes[i:j])
-                cells = (sums - base).astype(np.int32)
+                cells = _undo_steps(cells, sizes[i:j]).astype(np.int32)
             yield arrays.get("gene"), cells, arrays.get("count"), sizes[i:j]
             i = j
     finally:
@@ -508,21 +516,30 @@ def _read_runs(staging: Path, k: int, tag: str, columns=("gene", "cell", "count"
             h.close()
 
 
+def _run_slices(lengths: np.ndarray, step: int):
+    """Rows [lo, hi) of runs laid end to end (run t is lengths[t] rows), `step` rows at a time. Per slice:
+    (lo, hi, i, j, ln, skip): runs i..j-1 overlap it, ln of each of their rows fall in it, and the first
+    of them starts `skip` rows into its run."""
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    for lo in range(0, max(1, total), step):
+        hi = min(total, lo + step)
+        i = int(np.searchsorted(ends, lo, side="right"))  # the run holding row lo
+        j = int(np.searchsorted(ends, hi, side="left")) + 1 if hi > lo else i  # one past the last
+        ln = np.asarray(lengths[i:j], dtype=np.int64).copy()
+        skip = 0
+        if len(ln):
+            skip = int(lo - (ends[i] - lengths[i]))  # rows of the first run in earlier slices
+            ln[0] -= skip
+            ln[-1] -= ends[j - 1] - hi  # rows of the last run left for later slices
+        yield lo, hi, i, j, ln, skip
+
+
 def gene_slices(g0: int, counts: np.ndarray, cells: np.ndarray, values: np.ndarray, step: int):
     """A sorted bucket (gene g0 + i repeated counts[i] times, its cells and values) as (genes, cells, values)
     slices of `step` rows: the gene column is made one slice at a time, so it costs no memory per row."""
-    ends = np.cumsum(counts)
-    for start in range(0, max(1, len(cells)), step):
-        stop = min(len(cells), start + step)
-        first = int(np.searchsorted(ends, start, side="right"))
-        last = int(np.searchsorted(ends, stop, side="left"))
-        local = counts[first : last + 1].copy()
-        if len(local):
-            local[0] = min(ends[first], stop) - start
-            if last > first:
-                local[-1] = stop - (ends[last - 1])
-        genes = np.repeat(np.arange(g0 + first, g0 + first + len(local), dtype=np.int32), local)
-        yield genes, cells[start:stop], values[start:stop]
+    for lo, hi, i, j, ln, _ in _run_slices(counts, step):
+        yield np.repeat(np.arange(g0 + i, g0 + j, dtype=np.int32), ln), cells[lo:hi], values[lo:hi]
 
 
 def write_parquet(path: Path, g0: int, counts: np.ndarray, cells: np.ndarray, values: np.ndarray) -> None:
@@ -573,13 +590,7 @@ def sort_cells(k: int, staging: Path, tags: list[str], out: Path, cells: CellPla
                 row_cell[r : r + m] = _read_frame(handles[0], m)
                 lengths = _read_frame(handles[1], m).astype(np.int64)
                 row_len[r : r + m] = lengths
-                steps = _read_frame(handles[2], nz).astype(np.int64)
-                sums = np.cumsum(steps)
-                at = np.cumsum(lengths) - lengths
-                filled = lengths > 0
-                base = np.zeros(m, dtype=np.int64)
-                base[filled] = sums[at[filled]] - steps[at[filled]]
-                genes[v : v + nz] = sums - np.repeat(base, lengths)
+                genes[v : v + nz] = _undo_steps(_read_frame(handles[2], nz), lengths)
                 counts[v : v + nz] = _read_frame(handles[3], nz)
                 r, v = r + m, v + nz
         finally:
@@ -625,21 +636,11 @@ def write_cell_parquet(path: Path, ranks, cells, starts, lengths, genes, counts)
         column_encoding={"cell_rank": "PLAIN", "cell_index": "PLAIN", "gene_index": "DELTA_BINARY_PACKED"},
         write_statistics=True,
     ) as writer:
-        ends = np.cumsum(lengths)  # in output order
-        total = int(ends[-1]) if len(ends) else 0
-        step = ROW_GROUP * 16
-        for lo in range(0, max(1, total), step):  # output rows [lo, hi): row groups of exactly ROW_GROUP
-            hi = min(total, lo + step)
-            i = int(np.searchsorted(ends, lo, side="right"))  # the cell holding row lo
-            j = int(np.searchsorted(ends, hi, side="left")) + 1 if hi > lo else i  # one past the last
-            ln = lengths[i:j].copy()
-            skip = np.zeros(len(ln), dtype=np.int64)
-            if len(ln):
-                skip[0] = lo - (ends[i] - lengths[i])  # rows of the first cell written by the last slice
-                ln[0] -= skip[0]
-                ln[-1] -= ends[j - 1] - hi  # rows of the last cell left for the next slice
-            out_start = np.cumsum(ln) - ln
-            src = np.repeat(starts[i:j] + skip - out_start, ln) + np.arange(hi - lo)
+        for lo, hi, i, j, ln, skip in _run_slices(lengths, ROW_GROUP * 16):  # row groups of ROW_GROUP
+            first = starts[i:j].copy()
+            if len(first):
+                first[0] += skip
+            src = np.repeat(first - (np.cumsum(ln) - ln), ln) + np.arange(hi - lo)
             writer.write_table(
                 pa.table(
                     [
