@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..errors import HmbaError
 from ..release import layout as R
+from ..store.catalog import views_of
 from .connect import bucket_files, connect, store_of
 from .queries import _genes as resolve
 
@@ -90,11 +91,7 @@ def _by_cell(con, species: str, obs: pd.DataFrame, var: pd.DataFrame, genes, rea
     """Whether to read the cell-major projection: asked for, or (auto) it holds fewer rows to read."""
     if read not in ("auto", "by_gene", "by_cell"):
         raise HmbaError(f"read={read!r}; choose auto, by_gene or by_cell", key="read")
-    has_view = bool(
-        con.execute("select count(*) from duckdb_views() where view_name = 'expression_by_cell'").fetchall()[
-            0
-        ][0]
-    )
+    has_view = "expression_by_cell" in views_of(con)
     if read == "by_cell" and not has_view:
         raise HmbaError(
             f"{store_of(con)}: no expression_by_cell (built by an older hmba-db); rebuild the store, or use "

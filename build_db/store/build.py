@@ -347,12 +347,12 @@ def _scatter_job(path, plan, r0, r1, staging, tag, q):
 class _Statistics:
     """Picklable on_sorted callback of a sort job: the bucket's statistics, one part file per table."""
 
-    def __init__(self, k: int, lo: int, width: int, groups: Groups, work: Path):
-        self.k, self.lo, self.width, self.groups, self.work = k, lo, width, groups, work
+    def __init__(self, k: int, groups: Groups, work: Path):
+        self.k, self.groups, self.work = k, groups, work
 
     def __call__(self, g0, counts, cells, values) -> None:
         batches = gene_slices(g0, counts, cells, values, STATS_BATCH_ROWS)
-        bucket_stats(batches, self.k, self.lo, self.width, self.groups, self.work)
+        bucket_stats(batches, self.k, g0, len(counts), self.groups, self.work)
 
 
 def _sort_job(plan, k, staging, tags, out, q, statistics=None):
@@ -444,7 +444,7 @@ def _build_species(
                 tags,
                 str(bucket_file(staging, species, k)),
                 q,
-                _Statistics(k, *_lo_width(plan, k), groups, work),
+                _Statistics(k, groups, work),
             ),
         )
         for k in range(plan.n_buckets)
@@ -506,11 +506,6 @@ def _build_species(
         "cell_bucket_stats": [s.__dict__ for s in cell_stats],
         "log2_check": log2,
     }
-
-
-def _lo_width(plan: BucketPlan, k: int) -> tuple[int, int]:
-    g0, g1 = plan.gene_range(k)
-    return g0, g1 - g0
 
 
 def _write_cell_totals(staging: Path, species: str, labels, totals, detected) -> None:
