@@ -52,6 +52,16 @@ def remanifest(release: Path) -> None:
     write_manifest(release, [entry_for(release, f) for f in files if not f.startswith("releases/")])
 
 
+@pytest.fixture(scope="module")
+def con(tiny_store):
+    """A connection to the tiny store, one per test module (a module may define its own `con`)."""
+    from build_db import connect
+
+    c = connect(tiny_store)
+    yield c
+    c.close()
+
+
 @pytest.fixture(scope="session")
 def source(tiny_release) -> dict:
     """The tiny release's raw matrices as AnnData, per species: what the store must give back."""

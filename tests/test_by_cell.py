@@ -21,13 +21,6 @@ from build_db.store.verify import verify_store
 SUMS = "count(*), sum(raw_count), sum(cell_index::bigint * raw_count), sum(gene_index::bigint * raw_count)"
 
 
-@pytest.fixture(scope="module")
-def con(tiny_store):
-    c = connect(tiny_store)
-    yield c
-    c.close()
-
-
 @pytest.mark.parametrize("species", R.SPECIES)
 def test_every_non_zero_of_the_source_is_in_the_projection(con, source, species):
     src = source[species].X.tocoo()

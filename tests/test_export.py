@@ -12,13 +12,6 @@ from build_db.errors import HmbaError
 from build_db.release import layout as R
 
 
-@pytest.fixture(scope="module")
-def con(tiny_store):
-    c = connect(tiny_store)
-    yield c
-    c.close()
-
-
 @pytest.mark.parametrize("species", R.SPECIES)
 def test_a_whole_species_round_trips_exactly(con, source, species):
     a = to_anndata(con, species)

@@ -33,13 +33,6 @@ REQUIRED = {
 FILES = sorted(QUERIES_DIR.glob("*.sql"))
 
 
-@pytest.fixture(scope="module")
-def con(tiny_store):
-    c = connect(tiny_store)
-    yield c
-    c.close()
-
-
 def test_the_library_has_the_analyses_the_issue_asks_for():
     assert REQUIRED <= set(list_queries())
     assert len(FILES) >= 8

@@ -14,13 +14,6 @@ from build_db.store.paths import files_root
 from build_db.store.stats import FIELDS
 
 
-@pytest.fixture(scope="module")
-def con(tiny_store):
-    c = connect(tiny_store)
-    yield c
-    c.close()
-
-
 def _source(release, species):
     raw = ad.read_h5ad(release / R.matrix_path(species, "raw"))
     x = raw.X.tocsr().astype(np.float64)
