@@ -222,3 +222,17 @@ def test_a_build_without_the_cell_major_copy(tiny_release, source, tmp_path):
     x = source["Marmoset"].X[want]
     assert a.X.nnz == x.nnz > 0 and (a.X != x).nnz == 0
     assert publish(store, "https://example.org/hmba/")["files"][0] == "published.duckdb"
+
+
+def test_a_truncated_projection_file_is_one_line_from_verify_and_to_anndata(tiny_store, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(files_root(tiny_store), copy)
+    f = sorted((copy / "expression_by_cell" / "species=Marmoset").glob("*/*.parquet"))[0]
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    problems = verify_store(copy, species=["Marmoset"], jobs=1)
+    assert any(f"{f} cannot be read" in p and "rebuild the store" in p for p in problems), problems
+    with (
+        connect(copy) as c,
+        pytest.raises(HmbaError, match=r"cannot read its expression files .*run hmba-db verify"),
+    ):
+        to_anndata(c, "Marmoset", cells="group_name = 'Astrocyte'", read="by_cell")

@@ -274,10 +274,18 @@ def to_anndata(
     col_of = {int(g): j for j, g in enumerate(var.gene_index)}
     gene_col = np.full(int(var.gene_index.max()) + 1, -1, dtype=np.int64)
     gene_col[list(col_of)] = list(col_of.values())
-    if _by_cell(con, species, obs, var, genes, read):
-        x = _read_by_cell(con, species, obs, row_of, gene_col if genes is not None else None, len(var), dtype)
-    else:
-        x = _read_by_gene(con, species, var, row_of, gene_col, genes is not None, len(obs), dtype)
+    try:
+        if _by_cell(con, species, obs, var, genes, read):
+            x = _read_by_cell(
+                con, species, obs, row_of, gene_col if genes is not None else None, len(var), dtype
+            )
+        else:
+            x = _read_by_gene(con, species, var, row_of, gene_col, genes is not None, len(obs), dtype)
+    except (duckdb.IOException, duckdb.InvalidInputException) as e:  # a missing, truncated, damaged file
+        raise HmbaError(
+            f"{store_of(con)}: cannot read its expression files ({' '.join(str(e).split())}); "
+            "run hmba-db verify, then rebuild the store"
+        ) from e
     x.sort_indices()
     adata = anndata.AnnData(X=x, obs=_frame(obs, "cell_label"), var=_frame(var, "gene_identifier"))
     # scanpy's conventions: the UMAP in obsm["X_umap"] (NaN for cells without coordinates); var keeps

@@ -53,47 +53,50 @@ def _scan(files: list[str], n_cells: int, genes: tuple[int, int] | None, rank_of
         lo, hi = (k * genes[0], min(genes[1], (k + 1) * genes[0]) - 1) if genes else (0, 2**16 - 1)
         total = [0, 0, 0, 0]
         last_key, row = -1, 0
-        # Batches bound a worker's memory (~40 bytes per row of a batch) whatever the bucket's size.
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS):
-            g = batch.column("gene_index").to_numpy().astype(np.int64)
-            c = batch.column("cell_index").to_numpy().astype(np.int64)
-            v = batch.column("raw_count").to_numpy().astype(np.int64)
-            if len(v) == 0:
-                continue
-            total[0] += len(v)
-            total[1] += int(v.sum())
-            total[2] += int(c.sum())
-            total[3] += int((g * v).sum())
-            if g.min() < lo or g.max() > hi or c.min() < 0 or c.max() >= n_cells:
-                problems.append(
-                    f"{what} {k}: genes {g.min()}..{g.max()} or cells {c.min()}..{c.max()} outside "
-                    f"the bucket's genes {lo}..{hi} and cells 0..{n_cells - 1}"
-                )
-                break
-            if rank_of is None:
-                key = g * n_cells + c
-            else:
-                r = batch.column("cell_rank").to_numpy().astype(np.int64)
-                wrong = np.flatnonzero(rank_of[c] != r)
-                if len(wrong):
-                    i = int(wrong[0])
+        try:
+            # Batches bound a worker's memory (~40 bytes per row of a batch) whatever the bucket's size.
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS):
+                g = batch.column("gene_index").to_numpy().astype(np.int64)
+                c = batch.column("cell_index").to_numpy().astype(np.int64)
+                v = batch.column("raw_count").to_numpy().astype(np.int64)
+                if len(v) == 0:
+                    continue
+                total[0] += len(v)
+                total[1] += int(v.sum())
+                total[2] += int(c.sum())
+                total[3] += int((g * v).sum())
+                if g.min() < lo or g.max() > hi or c.min() < 0 or c.max() >= n_cells:
                     problems.append(
-                        f"{what} {k}: row {row + i} has cell_rank {r[i]} for cell {c[i]}, whose rank is "
-                        f"{rank_of[c[i]]}"
+                        f"{what} {k}: genes {g.min()}..{g.max()} or cells {c.min()}..{c.max()} outside "
+                        f"the bucket's genes {lo}..{hi} and cells 0..{n_cells - 1}"
                     )
                     break
-                key = r * 2**16 + g
-            steps = np.diff(np.concatenate([[last_key], key]))
-            bad = np.flatnonzero(steps <= 0)
-            if len(bad):
-                i = int(bad[0])
-                kind = "duplicate" if steps[i] == 0 else "out of order"
-                problems.append(f"{what} {k}: row {row + i} (gene {g[i]}, cell {c[i]}) is {kind}")
-                break
-            last_key = int(key[-1])
-            row += len(v)
-            cell_sum += np.bincount(c, weights=v, minlength=n_cells)
-            cell_n += np.bincount(c, minlength=n_cells)
+                if rank_of is None:
+                    key = g * n_cells + c
+                else:
+                    r = batch.column("cell_rank").to_numpy().astype(np.int64)
+                    wrong = np.flatnonzero(rank_of[c] != r)
+                    if len(wrong):
+                        i = int(wrong[0])
+                        problems.append(
+                            f"{what} {k}: row {row + i} has cell_rank {r[i]} for cell {c[i]}, whose rank is "
+                            f"{rank_of[c[i]]}"
+                        )
+                        break
+                    key = r * 2**16 + g
+                steps = np.diff(np.concatenate([[last_key], key]))
+                bad = np.flatnonzero(steps <= 0)
+                if len(bad):
+                    i = int(bad[0])
+                    kind = "duplicate" if steps[i] == 0 else "out of order"
+                    problems.append(f"{what} {k}: row {row + i} (gene {g[i]}, cell {c[i]}) is {kind}")
+                    break
+                last_key = int(key[-1])
+                row += len(v)
+                cell_sum += np.bincount(c, weights=v, minlength=n_cells)
+                cell_n += np.bincount(c, minlength=n_cells)
+        except (OSError, pa.ArrowException) as e:  # a truncated or damaged file: a finding, not a crash
+            problems.append(f"{what} {k}: {f} cannot be read ({' '.join(str(e).split())}); rebuild the store")
         stats[k] = total
     return stats, cell_sum, cell_n, problems
 
