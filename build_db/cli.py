@@ -809,7 +809,14 @@ def export() -> None:
     show_default=True,
     help="Marker genes chosen per child node in query_markers.json.",
 )
-def export_mapmycells(store, out, species, cells, min_cells, markers_per_child):
+@click.option(
+    "--markers-per-node",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Instead: this many marker genes per parent node, taken in turn from its children's rankings "
+    "(e.g. 1000 for a list as long as cell_type_mapper's own; docs/python.md says when).",
+)
+def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, markers_per_node):
     """Write a MapMyCells reference for one species: OUT/precomputed_stats.h5 and OUT/query_markers.json.
 
     Without --cells the sums come from the store's statistics (seconds); with --cells they are summed from
@@ -822,12 +829,23 @@ def export_mapmycells(store, out, species, cells, min_cells, markers_per_child):
     """
     from .access.mapmycells import export_mapmycells as run
 
-    ref = run(store, out, species, cells=cells, min_cells=min_cells, markers_per_child=markers_per_child)
+    ctx = click.get_current_context()
+    if markers_per_node and ctx.get_parameter_source("markers_per_child").name != "DEFAULT":
+        raise click.UsageError("give --markers-per-child or --markers-per-node, not both")
+    ref = run(
+        store,
+        out,
+        species,
+        cells=cells,
+        min_cells=min_cells,
+        markers_per_child=markers_per_child,
+        markers_per_node=markers_per_node,
+    )
     click.echo(
         f"{ref.stats}: {len(ref.clusters):,} clusters x {len(ref.genes):,} genes, {int(ref.n_cells.sum()):,} "
         f"cells, from the {ref.source}"
     )
-    click.echo(f"{ref.markers}: marker genes per parent node")
+    click.echo(f"{ref.markers}: {ref.markers_summary()}")
 
 
 @main.command("connect-info")

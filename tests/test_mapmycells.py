@@ -4,6 +4,7 @@ computation from the source matrix), the tree is consistent, the JSON is in the 
 from __future__ import annotations
 
 import json
+import re
 
 import anndata as ad
 import h5py
@@ -83,6 +84,103 @@ def test_the_tree_is_consistent(whole):
     assert tree["hierarchy_mapper"][LEVEL_KEYS[3]] == "Group"
     names = {v["name"] for v in tree["name_mapper"][LEVEL_KEYS[3]].values()}
     assert "Oligo OPALIN" in names
+
+
+def test_name_mapper_is_the_tools_shape(whole, tiny_release):
+    """cell_type_mapper's own tree (TaxonomyTree.from_data_release) maps [level][label] to the term's name
+    (cluster_annotation_term_name of cluster_to_cluster_annotation_membership.csv) and, for clusters, the
+    alias (its cluster_alias): its CSV output prints them as <Level>_name and Cluster_alias. Built here from
+    the release's file as the tool builds it."""
+    meta, _ = _read(whole)
+    mapper = meta["taxonomy_tree"]["name_mapper"]
+    membership = pd.read_csv(tiny_release / R.CLUSTER_MEMBERSHIP.relative_path(), dtype=str)
+    expected: dict = {}
+    for r in membership.itertuples():
+        entry = expected.setdefault(r.cluster_annotation_term_set_label, {}).setdefault(
+            r.cluster_annotation_term_label, {"name": r.cluster_annotation_term_name}
+        )
+        if r.cluster_annotation_term_set_label == LEVEL_KEYS[-1]:
+            entry["alias"] = r.cluster_alias
+    assert list(mapper) == LEVEL_KEYS
+    for level in LEVEL_KEYS:
+        for label, entry in mapper[level].items():
+            assert set(entry) == {"name", "alias"}
+            assert entry["name"] == expected[level][label]["name"]
+            # The cluster's alias is the release's; the other levels have none, and the tool's
+            # label_to_name(level, label, name_key="alias") answers the label for them: so do we.
+            assert entry["alias"] == expected[level][label].get("alias", label)
+    leaf = mapper[LEVEL_KEYS[-1]]
+    assert all(re.fullmatch(r"Human-\d+", e["alias"]) for e in leaf.values())
+    assert set(leaf) == set(meta["cluster_to_row"])
+
+
+def test_markers_per_node(tiny_store, whole, tmp_path):
+    meta, _ = _read(whole)
+    tree = meta["taxonomy_tree"]
+    default = json.loads((whole / "query_markers.json").read_text())
+    ref = export_mapmycells(tiny_store, tmp_path / "n", "Human", markers_per_node=60)
+    many = json.loads((tmp_path / "n" / "query_markers.json").read_text())
+    assert set(many) == set(default)
+    assert len(many["None"]) == 60 > len(default["None"])  # asked for more at the root, got them
+    for key, genes in many.items():
+        assert len(genes) == len(set(genes)) <= 60
+        if not default[key]:
+            assert genes == []  # a node with one child has nothing to choose either way
+    # Taken in turn from the children's rankings: each child's own best genes come first, so every
+    # per-child marker of the default (each child's top 10) is among a node's 60 when 60 >= 10 children.
+    for key, genes in many.items():
+        level, _, node = key.partition("/")
+        n_children = len(tree[LEVEL_KEYS[0]]) if key == "None" else len(tree[level][node])
+        if n_children * 10 <= 60:
+            assert set(default[key]) <= set(genes), key
+    assert ref.markers_by_node == many
+    assert "60 marker genes at the root" in ref.markers_summary()
+    with h5py.File(tmp_path / "n" / "precomputed_stats.h5") as f:
+        assert json.loads(f["metadata"][()].decode())["markers"] == {"per_node": 60}
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "mapmycells",
+            str(tiny_store),
+            str(tmp_path / "c"),
+            "--species",
+            "Human",
+            "--markers-per-node",
+            "0",
+        ],
+    )
+    assert r.exit_code == 2 and "--markers-per-node" in r.output
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "mapmycells",
+            str(tiny_store),
+            str(tmp_path / "c"),
+            "--species",
+            "Human",
+            "--markers-per-node",
+            "5",
+            "--markers-per-child",
+            "3",
+        ],
+    )
+    assert r.exit_code == 2 and "not both" in r.output
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "mapmycells",
+            str(tiny_store),
+            str(tmp_path / "c"),
+            "--species",
+            "Human",
+            "--markers-per-node",
+            "25",
+        ],
+    )
+    assert r.exit_code == 0 and "25 marker genes at the root" in r.output, r.output
 
 
 def test_query_markers_are_in_the_tools_shape(whole):

@@ -36,7 +36,7 @@ FIELDS = {
     "gt1": "n_cpm_gt_1",
     "ge1": "n_cpm_ge_1",
 }
-MARKERS_PER_CHILD = 10  # genes per child node: a few hundred per parent at most, as the release's file
+MARKERS_PER_CHILD = 10  # genes per child node by default: a few hundred per parent at most
 MIN_FRACTION = 0.25  # a marker is detected in at least this share of its node's cells
 
 
@@ -51,6 +51,14 @@ class Reference:
     genes: list[str]
     n_cells: np.ndarray
     source: str  # "statistics" or "expression"
+    markers_by_node: dict[str, list[str]]  # what query_markers.json holds
+
+    def markers_summary(self) -> str:
+        distinct = {g for genes in self.markers_by_node.values() for g in genes}
+        return (
+            f"{len(self.markers_by_node.get('None', [])):,} marker genes at the root, {len(distinct):,} "
+            f"distinct over {len(self.markers_by_node):,} parent nodes"
+        )
 
 
 def export_mapmycells(
@@ -61,12 +69,15 @@ def export_mapmycells(
     cells: str | None = None,
     min_cells: int = 1,
     markers_per_child: int = MARKERS_PER_CHILD,
+    markers_per_node: int | None = None,
 ) -> Reference:
     """Write `OUT/precomputed_stats.h5` and `OUT/query_markers.json` for one species.
 
     `cells` is a SQL condition on the `cells` table (e.g. "region_of_interest_label = 'PuR'"): the sums are
     then taken from the expression store for those cells only. Clusters with fewer than `min_cells` (selected)
-    cells are left out, and the tree keeps only their ancestors.
+    cells are left out, and the tree keeps only their ancestors. Markers: `markers_per_child` genes for each
+    child of a node, or, with `markers_per_node`, that many genes per node taken in turn from its children's
+    rankings (for the thousands per node that cell_type_mapper's own marker selection gives).
 
     Example:
         >>> export_mapmycells("data/store", "ref", "Human", cells="donor_sex = 'Male'")  # doctest: +SKIP
@@ -75,6 +86,9 @@ def export_mapmycells(
     species = _species(con, species)
     if min_cells < 1:
         raise HmbaError(f"--min-cells must be at least 1, got {min_cells}")
+    for name, n in (("--markers-per-child", markers_per_child), ("--markers-per-node", markers_per_node)):
+        if n is not None and n < 1:
+            raise HmbaError(f"{name} must be at least 1, got {n}")
     genes = [
         r[0]
         for r in con.execute(
@@ -104,6 +118,7 @@ def export_mapmycells(
         **dict(con.execute("select key, value from store_info where key <> 'store_path'").fetchall()),
         "species": species,
         "selection": {"cells": cells, "min_cells": min_cells},
+        "markers": {"per_node": markers_per_node} if markers_per_node else {"per_child": markers_per_child},
         "source": "expression store" if cells else "statistics",
         "normalization": "log2(CPM+1) from raw counts",
         "n_clusters": len(clusters),
@@ -113,14 +128,14 @@ def export_mapmycells(
     try:
         out.mkdir(parents=True, exist_ok=True)
         stats_path = _write_h5(out / STATS_FILE, info, row_of, genes, tree, n_cells, arrays)
-        markers = query_markers(tree, row_of, genes, n_cells, arrays, markers_per_child)
+        markers = query_markers(tree, row_of, genes, n_cells, arrays, markers_per_child, markers_per_node)
         markers_path = out / MARKERS_FILE
         write_atomic(markers_path, json.dumps(markers, indent=1) + "\n")
     except OSError as e:
         raise HmbaError(
             f"{out}: cannot write the reference there ({e.strerror}); choose another folder"
         ) from e
-    return Reference(stats_path, markers_path, species, clusters, genes, n_cells, info["source"])
+    return Reference(stats_path, markers_path, species, clusters, genes, n_cells, info["source"], markers)
 
 
 def _species(con, species: str) -> str:
@@ -132,8 +147,8 @@ def _species(con, species: str) -> str:
 
 
 def _clusters(con, species: str, cells: str | None) -> list[dict]:
-    """Each cluster of the selection with its five-level path (labels, names) and cell count."""
-    levels = ", ".join(f"{lv.lower()}_label, {lv.lower()}_name" for lv in R.LEVELS)
+    """Each cluster of the selection with its five-level path (labels, names), alias and cell count."""
+    levels = ", ".join(f"{lv.lower()}_label, {lv.lower()}_name" for lv in R.LEVELS) + ", cluster_alias"
     where = f" and ({cells})" if cells else ""
     sql = (
         f"select {levels}, count(*) as n, min(cluster_order) as o from cells "
@@ -203,7 +218,12 @@ def _dense(table, row_of: dict, n_genes: int) -> dict[str, np.ndarray]:
 
 def _tree(rows: list[dict]) -> dict:
     """cell_type_mapper's taxonomy tree: hierarchy coarse to fine (level labels), a children map per level
-    (leaves map to []), and `hierarchy_mapper`/`name_mapper` so results carry the taxonomy's names."""
+    (leaves map to []), and `hierarchy_mapper`/`name_mapper` so results carry the taxonomy's names.
+
+    `name_mapper[level][label]` holds `name` and `alias`, as the tool's own tree (`from_data_release`) does:
+    a cluster's alias is its `cluster_alias` (`Human-535`: the tool's CSV prints it as `Cluster_alias`); the
+    other levels have no alias in the release, and get their label, which is what the tool's
+    `label_to_name(..., name_key="alias")` answers for a node without one."""
     hierarchy = [R.LEVEL_LABELS[lv] for lv in R.LEVELS]
     tree: dict = {"hierarchy": hierarchy}
     tree["hierarchy_mapper"] = {R.LEVEL_LABELS[lv]: lv for lv in R.LEVELS}
@@ -213,7 +233,8 @@ def _tree(rows: list[dict]) -> dict:
     for r in rows:
         for i, lv in enumerate(R.LEVELS):
             key, node = hierarchy[i], r[f"{lv.lower()}_label"]
-            tree["name_mapper"][key][node] = {"name": r[f"{lv.lower()}_name"]}
+            alias = r["cluster_alias"] if lv == "Cluster" else node
+            tree["name_mapper"][key][node] = {"name": r[f"{lv.lower()}_name"], "alias": alias}
             children = tree[key].setdefault(node, [])
             if i + 1 < len(R.LEVELS):
                 child = r[f"{R.LEVELS[i + 1].lower()}_label"]
@@ -239,13 +260,24 @@ def _write_h5(path: Path, info, row_of, genes, tree, n_cells, arrays) -> Path:
     return path
 
 
-def query_markers(tree: dict, row_of: dict, genes: list[str], n_cells, arrays, per_child: int) -> dict:
+def query_markers(
+    tree: dict,
+    row_of: dict,
+    genes: list[str],
+    n_cells,
+    arrays,
+    per_child: int = MARKERS_PER_CHILD,
+    per_node: int | None = None,
+) -> dict:
     """Marker genes per parent node, in cell_type_mapper's lookup format: keys "None" (the root) and
     "<level>/<node>", values gene identifiers of `col_names`.
 
-    For each child of a node, the genes most above its siblings in mean log2(CPM+1), among genes detected
-    in at least MIN_FRACTION of the child's cells, `per_child` of them; the union over the children. A node
-    with a single child has nothing to choose, and gets an empty list (the tool's own convention)."""
+    Each child of a node ranks the genes by how far its mean log2(CPM+1) is above its siblings', among genes
+    detected in at least MIN_FRACTION of its cells and above them at all. The node's markers are the first
+    `per_child` of each child's ranking (their union); with `per_node`, the children's rankings are taken in
+    turn (every child's best, then every child's second, ...) until the node has `per_node` genes or the
+    rankings run out, so every child is told apart by as many genes as the others. A node with a single
+    child has nothing to choose, and gets an empty list (the tool's own convention)."""
     hierarchy = tree["hierarchy"]
     leaves_under: dict[tuple[int, str], list[int]] = {}
     for depth in range(len(hierarchy) - 1, -1, -1):
@@ -271,12 +303,28 @@ def query_markers(tree: dict, row_of: dict, genes: list[str], n_cells, arrays, p
             expressing.append(arrays["gt0"][rows].sum(axis=0))
             counts.append(n_cells[rows].sum())
         sums, expressing, counts = np.array(sums), np.array(expressing), np.array(counts, dtype=np.float64)
-        chosen: list[int] = []
+        rankings = []
         for i in range(len(children)):
             mean = sums[i] / counts[i]
             rest = (sums.sum(axis=0) - sums[i]) / max(counts.sum() - counts[i], 1.0)
             score = np.where(expressing[i] >= MIN_FRACTION * counts[i], mean - rest, -np.inf)
-            best = np.argsort(-score, kind="stable")[:per_child]
-            chosen += [int(g) for g in best if np.isfinite(score[g]) and score[g] > 0 and g not in chosen]
-        out[key] = [genes[g] for g in chosen]
+            order = np.argsort(-score, kind="stable")
+            rankings.append(order[: int(np.count_nonzero(np.isfinite(score) & (score > 0)))])
+        out[key] = [genes[g] for g in _take(rankings, per_child, per_node)]
     return out
+
+
+def _take(rankings: list[np.ndarray], per_child: int, per_node: int | None) -> list[int]:
+    """The genes a node keeps from its children's rankings (best first), each gene once."""
+    chosen: dict[int, None] = {}  # insertion-ordered set
+    if per_node is None:
+        for ranking in rankings:
+            chosen.update((int(g), None) for g in ranking[:per_child])
+        return list(chosen)
+    for rank in range(max(len(r) for r in rankings)):
+        for ranking in rankings:
+            if rank < len(ranking):
+                chosen.setdefault(int(ranking[rank]), None)
+                if len(chosen) == per_node:
+                    return list(chosen)
+    return list(chosen)
