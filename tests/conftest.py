@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from build_db.release import layout as R
+from build_db.release.cache import CACHE_FILES
 from build_db.release.manifest import entry_for, md5_file, write_manifest
 from build_db.release.synth import synth
 
@@ -49,7 +50,8 @@ def restamp(release: Path, relative_path: str) -> None:
 def remanifest(release: Path) -> None:
     """Write the manifest anew from the files on disk (after moving or adding files on purpose)."""
     files = sorted(str(p.relative_to(release)) for p in release.rglob("*") if p.is_file())
-    write_manifest(release, [entry_for(release, f) for f in files if not f.startswith("releases/")])
+    listed = [f for f in files if not f.startswith("releases/") and f not in CACHE_FILES]
+    write_manifest(release, [entry_for(release, f) for f in listed])
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 from build_db.release import layout as R
+from build_db.release.cache import CACHE_FILES
 from build_db.release.check import check_release
 from build_db.release.manifest import md5_file, ours, read_manifest
 from build_db.release.synth import synth
@@ -40,6 +42,8 @@ def test_tree_is_the_bucket_layout(tiny_release):
     files = {str(p.relative_to(tiny_release)) for p in tiny_release.rglob("*") if p.is_file()}
     expected = {R.manifest_path()} | {s.relative_path() for s in R.ALL_CSVS} | MAPMYCELLS
     expected |= {R.matrix_path(s, k) for s in R.SPECIES for k in R.MATRIX_KINDS}
+    assert set(CACHE_FILES) <= files  # the download cache's records (test_synthetic_release_is_a_cache)
+    files -= set(CACHE_FILES)
     ours = {f for f in files if f.split("/")[1] in R.DIRECTORIES or f.startswith("releases/")}
     assert ours == expected
     assert "expression_matrices/HMBA-10xMultiome-BG/20250630/HMBA-10xMultiome-BG-Human-raw.h5ad" in files
@@ -59,7 +63,7 @@ def test_release_only_has_our_directories(tmp_path):
     out = synth(
         tmp_path / "r", scale=0.0002, genes=200, quiet=True, species=("Marmoset",), bucket_shape=False
     )
-    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - set(CACHE_FILES)
     assert {f.split("/")[1] for f in files if not f.startswith("releases/")} == set(R.DIRECTORIES)
     assert not any(f.startswith("mapmycells/") for f in files)
     report = check_release(out)
@@ -69,7 +73,11 @@ def test_release_only_has_our_directories(tmp_path):
 def test_manifest_lists_every_file_with_size_and_md5(tiny_release):
     data, entries = read_manifest(tiny_release)
     assert data["version"] == "20250630" and data["resource_uri"] == "s3://allen-brain-cell-atlas/"
-    on_disk = [p for p in tiny_release.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    on_disk = [
+        p
+        for p in tiny_release.rglob("*")
+        if p.is_file() and p.name != "manifest.json" and p.name not in CACHE_FILES
+    ]
     assert len(entries) == len(on_disk) and len(ours(entries)) == 6 + len(R.ALL_CSVS) + len(MAPMYCELLS)
     wmb = data["directory_listing"]["WMB-10X"]["directories"]["metadata"]
     assert wmb["version"] == "20231215" and wmb["relative_path"] == "metadata/WMB-10X/20231215"
@@ -378,3 +386,42 @@ def test_refuses_to_overwrite(tmp_path):
         synth(tmp_path / "r", scale=0.0002, genes=150, quiet=True)
     assert (tmp_path / "r" / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "r.partial").exists()
+
+
+def _official_client_warns(cache_dir: Path) -> bool:
+    """abc_atlas_access's CloudCacheBase.__init__ (cloud_cache.py, 1.1.1): with no _downloaded_data.json, any
+    file that is not JSON, not _manifest_last_used and not .DS_Store raises MissingLocalManifestWarning."""
+    if (cache_dir / "_downloaded_data.json").exists():
+        return False
+    return any(
+        f.is_file()
+        and "json" not in f.name
+        and "_manifest_last_used" not in f.name
+        and "DS_Store" not in f.name
+        for f in cache_dir.glob("**/*")
+    )
+
+
+def test_synthetic_release_is_a_cache_for_the_official_client(tmp_path):
+    out = synth(tmp_path / "r", scale=0.0002, genes=150, seed=2, quiet=True, species=("Marmoset",))
+    assert not _official_client_warns(out)
+    # The record as the client reads it: set(json.load(f)) of resolved absolute paths, every file listed.
+    with open(out / "_downloaded_data.json", "rb") as f:
+        done = set(json.load(f))
+    _, entries = read_manifest(out)
+    assert done == {str((out / e.relative_path).resolve()) for e in entries} and len(done) == len(entries)
+    last = (out / "_manifest_last_used.txt").read_text()
+    assert last == R.manifest_path() and (out / last).is_file()  # the manifest it loads next time
+    # Our own downloader trusts them too (size and mtime recorded with the md5): nothing to fetch or hash.
+    from build_db.release.cache import DownloadCache
+
+    cache = DownloadCache(out)
+    assert all(
+        cache.unchanged(out / e.relative_path, e) and cache.known(out / e.relative_path) for e in entries
+    )
+    # Without the record (a release written before this change) the client warns, as the issue saw.
+    (out / "_downloaded_data.json").unlink()
+    assert _official_client_warns(out)
+    # --force replaces a synthetic release: its cache records are part of it, not foreign files.
+    again = synth(out, scale=0.0002, genes=150, seed=2, quiet=True, species=("Marmoset",), force=True)
+    assert not _official_client_warns(again) and check_release(again).ok

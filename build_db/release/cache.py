@@ -98,16 +98,21 @@ class DownloadCache:
 
     def remember(self, path: Path, entry: FileEntry) -> None:
         """Record a verified file in both records."""
-        st = Path(path).stat()
+        self.remember_all([(Path(path), entry)])
+
+    def remember_all(self, files: list[tuple[Path, FileEntry]]) -> None:
+        """Record verified files in both records, written once."""
         with self.lock:
-            k = self.key(path)
-            self.paths.add(k)
-            self.meta[k] = {
-                "md5": entry.file_hash,
-                "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-                "relative_path": entry.relative_path,
-            }
+            for path, entry in files:
+                st = Path(path).stat()
+                k = self.key(path)
+                self.paths.add(k)
+                self.meta[k] = {
+                    "md5": entry.file_hash,
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "relative_path": entry.relative_path,
+                }
             self._write()
 
     def forget(self, path: Path) -> None:
@@ -137,6 +142,9 @@ class DownloadCache:
             return isinstance(json.loads((self.root / RECORD).read_text()), list)
         except (ValueError, OSError):
             return False
+
+
+CACHE_FILES = (RECORD, SIDECAR, LAST_USED)  # what a cache holds beside the bucket's own files
 
 
 def mark_manifest_used(root: Path, version: str) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 from ...errors import HmbaError
 from ...progress import Reporter, run_pool, worker_pool
 from .. import layout as R
+from ..cache import CACHE_FILES, DownloadCache, mark_manifest_used
 from ..h5ad import INT32_LIMIT, CsrWriter
 from ..manifest import entry_for, read_manifest, write_manifest
 from . import metadata as M
@@ -94,8 +95,19 @@ def synth(
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
+    _record_cache(out)
     rep.log(f"release written to {out} in {rep.elapsed():.1f} s")
     return out
+
+
+def _record_cache(out: Path) -> None:
+    """Record every file as `download` does, after the rename (the record holds resolved absolute paths):
+    the release is then a valid cache for abc_atlas_access too, which otherwise warns that the folder
+    "appears to contain data files, but it has no record of what those files are", and for `download`,
+    which trusts the files instead of hashing them again."""
+    _, entries = read_manifest(out)
+    DownloadCache(out).remember_all([(out / e.relative_path, e) for e in entries])
+    mark_manifest_used(out, R.VERSION)
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -113,6 +125,7 @@ def _check_out(out: Path, force: bool) -> None:
         except HmbaError:
             pass
         listed.add(str(manifest.relative_to(out)))
+    listed |= set(CACHE_FILES)  # the cache's records, written beside the release
     foreign = sorted(
         str(p.relative_to(out))
         for p in out.rglob("*")
