@@ -573,38 +573,28 @@ def info(store):
 
         hmba-db info data/demo-store
     """
-    from .access.connect import connect
-    from .store.paths import files_root
+    from .access.info import store_info
 
-    con = connect(store)
-    build = json.loads((Path(store) / "build.json").read_text())
-    rows = con.sql(
-        "select c.species, c.n as cells, c.assigned, g.n as genes from "
-        "(select species, count(*) as n, count(cluster_alias) as assigned from cells group by species) c "
-        "join (select species, count(*) as n from genes group by species) g using (species) order by species"
-    ).fetchall()
-    size = sum(p.stat().st_size for p in Path(store).rglob("*") if p.is_file())
-    click.echo(f"store     {Path(store).absolute()} ({size / 2**20:,.1f} MiB)")
-    root = files_root(store)
-    if root != Path(store).absolute():
-        older = sorted(p.name for p in root.parent.iterdir() if p.is_dir() and p != root)
+    info = store_info(store, sizes=True)
+    click.echo(f"store     {info['store_dir']} ({info['size_bytes'] / 2**20:,.1f} MiB)")
+    if info["snapshot"] != Path(info["store_dir"]).name:
+        older = info["older_snapshots"]
         kept = f"; {len(older)} older kept for open readers ({', '.join(older)})" if older else ""
-        click.echo(f"snapshot  {root.name}{kept}")
-    click.echo(f"built     {build['built_at']} by hmba-db {build['tool_version']}")
-    click.echo(f"release   {build['release']} (version {build['release_version']})")
+        click.echo(f"snapshot  {info['snapshot']}{kept}")
+    click.echo(f"built     {info['built_at']} by hmba-db {info['tool_version']}")
+    click.echo(f"release   {info['release']} (version {info['release_version']})")
     click.echo("species   cells        with cluster  not in cell_metadata  genes    non-zeros      buckets")
-    for species, cells, assigned, genes in rows:
-        meta = build["species"][species]
-        outside = build.get("metadata", {}).get("cells", {}).get(species, {}).get("not_in_cell_metadata", 0)
+    for sp in info["species"]:
         click.echo(
-            f"{species:9s} {cells:<12,} {assigned:<13,} {outside:<21,} {genes:<8,} {meta['nnz']:<14,} "
-            f"{meta['buckets']}"
+            f"{sp['species']:9s} {sp['cells']:<12,} {sp['with_cluster']:<13,} "
+            f"{sp['not_in_cell_metadata']:<21,} {sp['genes']:<8,} {sp['nnz']:<14,} {sp['gene_buckets']}"
         )
-    for rel, src in build["sources"].items():
+    for rel, src in info["sources"].items():
         click.echo(f"source    {rel} md5 {src['md5']}")
-    if build.get("data_licence"):
+    licence = info["licence"]
+    if licence.get("data_licence"):
         click.echo(
-            f"licence   {build['data_licence']} ({build['data_licence_url']}): cite {build['citation']}"
+            f"licence   {licence['data_licence']} ({licence['data_licence_url']}): cite {licence['citation']}"
         )
 
 

@@ -72,7 +72,13 @@ def test_the_result_writes_and_reads_as_h5ad(con, tmp_path):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"cells": "no_such_column = 1"}, r"not a valid condition on the cells table"),
+        ({"cells": "no_such_column = 1"}, r"the cells table has no column 'no_such_column'"),
+        # Issue 27: unbalanced parentheses escaped `species = ?` and returned Macaque cells as Marmoset.
+        ({"cells": "group_name = 'x') or (species = 'Macaque'"}, r"not one SQL condition"),
+        ({"cells": "1=1) union all select * from cells where (1=1"}, r"not one SQL condition"),
+        ({"cells": "cell_index in (select cell_index from cells)"}, r"subqueries, tables"),
+        ({"cells": "read_text('/etc/hostname') is not null"}, r"function read_text\(\) is not allowed"),
+        ({"cells": "species = 'Macaque'"}, r"no Human cell matches"),  # bound to the species asked for
         ({"cells": "group_name = 'Nothing'"}, r"no Human cell matches"),
         ({"cells": ["AAAA-1", "BBBB-2"]}, r"2 cell label\(s\) not in Human, e.g. AAAA-1"),
         ({"genes": ["DRD1", "DRD1"]}, r"DRD1 is given twice"),

@@ -252,7 +252,7 @@ def test_min_cells_and_bad_input(tiny_store, tmp_path):
     r = runner.invoke(main, [*base, "--species", "Human", "--cells", "no_such_column = 1"])
     assert (
         r.exit_code == 1
-        and "is not a condition on the cells table" in r.output
+        and "the cells table has no column 'no_such_column'" in r.output
         and "Traceback" not in r.output
     )
     r = runner.invoke(main, [*base, "--species", "human"])

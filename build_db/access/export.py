@@ -23,6 +23,7 @@ from ..release import layout as R
 from ..store.catalog import views_of
 from .connect import bucket_files, connect, store_of
 from .queries import _genes as resolve
+from .sandbox import check_condition
 
 if TYPE_CHECKING:
     import anndata
@@ -41,12 +42,19 @@ BY_CELL_ROW_COST = 2.0
 AUTO_MAX_RANGES = 8
 
 
+def cells_condition(con: duckdb.DuckDBPyConnection, cells: str) -> str:
+    """A user's condition on the cells table, vetted as one expression over its columns (parenthesised: it
+    cannot escape the species it is ANDed to); an HmbaError naming the problem otherwise."""
+    columns = {d[0] for d in con.execute("select * from cells limit 0").description}
+    return check_condition(cells, columns)
+
+
 def _cells(con: duckdb.DuckDBPyConnection, species: str, cells) -> pd.DataFrame:
     base = "select * from cells where species = ?"
     if cells is None:
         sql, args = base, [species]
     elif isinstance(cells, str):
-        sql, args = f"{base} and ({cells})", [species]
+        sql, args = f"{base} and {cells_condition(con, cells)}", [species]
     else:
         labels = [str(c) for c in cells]
         sql, args = f"{base} and cell_label in (select unnest(?))", [species, labels]

@@ -25,6 +25,7 @@ from ..release import layout as R
 from ..store.paths import bucket_file
 from ..store.stats import FIELDS_SQL
 from .connect import connect, store_of
+from .export import cells_condition
 
 STATS_FILE = "precomputed_stats.h5"
 MARKERS_FILE = "query_markers.json"
@@ -149,7 +150,7 @@ def _species(con, species: str) -> str:
 def _clusters(con, species: str, cells: str | None) -> list[dict]:
     """Each cluster of the selection with its five-level path (labels, names), alias and cell count."""
     levels = ", ".join(f"{lv.lower()}_label, {lv.lower()}_name" for lv in R.LEVELS) + ", cluster_alias"
-    where = f" and ({cells})" if cells else ""
+    where = f" and {cells_condition(con, cells)}" if cells else ""
     sql = (
         f"select {levels}, count(*) as n, min(cluster_order) as o from cells "
         f"where species = ? and cluster_label is not null{where} group by all order by o"
@@ -180,7 +181,9 @@ def _from_expression(con, species: str, cells: str, row_of: dict, n_genes: int) 
     memory: one bucket's genes x the clusters), with the statistics step's formulas."""
     con.execute(
         "create or replace temp table mmc_cells as select cell_index, cluster_label as term_label, "
-        f"total_counts from cells where species = '{species}' and cluster_label is not null and ({cells})"
+        "total_counts from cells where species = ? and cluster_label is not null and "
+        f"{cells_condition(con, cells)}",
+        [species],
     )
     root = store_of(con)
     ((n_buckets,),) = con.execute(

@@ -1,6 +1,6 @@
 """Untrusted SQL, sandboxed (DESIGN.md decision 7): for a shared server that runs other people's queries.
 
-Two independent layers, so one's miss is caught by the other:
+Two independent layers, so one's miss is caught by the other, and a child process that holds both:
 
 1. sqlglot: exactly one read-only query (SELECT, WITH, UNION/INTERSECT/EXCEPT) whose tables are the
    catalog's own tables and views or its own CTEs; no table functions, no file paths, no functions that
@@ -11,16 +11,27 @@ Two independent layers, so one's miss is caught by the other:
    memory limit, a thread count and a bounded private temp directory for spilling, so one statement
    cannot take the machine (without them `string_agg(repeat(...))` over the expression table reached
    8.1 GB in 4 s).
+3. The statement runs in a child process (`sandbox_child.py`) whose address space is capped and which is
+   killed past the time limit: DuckDB's memory limit does not bound every allocation (a list-building
+   `sum(len(range(300000000)))` reached 11.6 GB under a 2 GB limit) and its interrupt is cooperative (the
+   same statement ran past 40 s under a 5 s limit). `Sandbox` keeps warm children for a server; `run_safe`
+   uses one for one statement.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
+import queue
 import re
-import shutil
+import subprocess
+import sys
 import tempfile
 import threading
-import weakref
+import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import duckdb
@@ -28,9 +39,15 @@ import pandas as pd
 import sqlglot
 from sqlglot import exp
 
-from ..errors import HmbaError
 from ..store.catalog import CATALOG
-from .connect import connect, first_rows
+from .connect import connect
+from .sandbox_child import (
+    DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TEMP_LIMIT,
+    DEFAULT_THREADS,
+    UnsafeQuery,
+    safe_connect,
+)
 
 # Function names that read files, the network, settings or the environment, or run SQL text.
 DENIED_FUNCTIONS = re.compile(
@@ -43,13 +60,15 @@ DENIED_FUNCTIONS = re.compile(
 QUERY_TYPES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_ROWS = 100_000
-DEFAULT_MEMORY_LIMIT = "2GB"  # a tenth of this machine kind's memory: several sandboxed users fit
-DEFAULT_THREADS = 2
-DEFAULT_TEMP_LIMIT = "4GB"  # spill space for sorts and joins larger than memory
-
-
-class UnsafeQuery(HmbaError):
-    """A query the sandbox refuses, with the reason."""
+# The child's address space beyond DuckDB's memory limit: Python, the libraries and thread stacks (a child
+# that opened the catalog and ran a scan had 1.2 GB of address space, 0.2 GB of it resident).
+ADDRESS_SPACE_HEADROOM = 2 * 2**30
+GRACE = 2.0  # seconds past the time limit before the child is killed: DuckDB's interrupt stops most at once
+MAX_ROWS = 10_000_000  # the largest row cap one can ask for: ~1 GB of Arrow for a narrow table
+MAX_TIMEOUT = 3600.0
+MAX_DEPTH_MESSAGE = (
+    "the query nests too deeply to check; write it with fewer nested parentheses or subqueries"
+)
 
 
 @dataclass
@@ -73,12 +92,22 @@ def check_sql(sql: str, allowed: set[str]) -> exp.Expression:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except sqlglot.errors.ParseError as e:
         raise UnsafeQuery(f"not valid SQL: {str(e).splitlines()[0]}") from e
+    except RecursionError:
+        raise UnsafeQuery(MAX_DEPTH_MESSAGE) from None
     if len(statements) != 1:
         raise UnsafeQuery(f"exactly one statement is allowed, got {len(statements)}")
     tree = statements[0]
     if not isinstance(tree, QUERY_TYPES):
         kind = tree.key.upper() if isinstance(tree, exp.Expression) else type(tree).__name__
         raise UnsafeQuery(f"only SELECT queries are allowed (WITH and UNION too), not {kind}")
+    try:
+        _vet(tree, allowed)
+    except RecursionError:
+        raise UnsafeQuery(MAX_DEPTH_MESSAGE) from None
+    return tree
+
+
+def _vet(tree: exp.Expression, allowed: set[str]) -> None:
     for node in tree.walk():
         if isinstance(
             node,
@@ -119,36 +148,58 @@ def check_sql(sql: str, allowed: set[str]) -> exp.Expression:
         name = table.name.lower()
         if name not in allowed and name not in ctes:
             raise UnsafeQuery(f"unknown table {table.name!r}; the catalog has {', '.join(sorted(allowed))}")
-    return tree
 
 
-def safe_connect(
-    store: Path,
-    *,
-    memory_limit: str = DEFAULT_MEMORY_LIMIT,
-    threads: int = DEFAULT_THREADS,
-    temp_limit: str = DEFAULT_TEMP_LIMIT,
-) -> duckdb.DuckDBPyConnection:
-    """A read-only catalog connection with DuckDB's own sandbox and resource limits on, and locked."""
-    store = Path(store).absolute()
-    con = connect(store, private=True)  # an instance of its own: the locked settings stay here
-    root = str(store.resolve())
-    spill = tempfile.mkdtemp(prefix="hmba-db-sandbox-")
-    weakref.finalize(con, shutil.rmtree, spill, True)
+def check_condition(text: str, columns: set[str], *, what: str = "cells") -> str:
+    """A user's SQL condition on one table (`--cells "group_name = 'Astrocyte'"`), checked and written
+    again as one parenthesised expression, so it can be ANDed to `species = ?` and never escape it: one
+    expression (no statement, no subquery, no table), its columns the table's own, its functions none that
+    read files, settings or the environment. Raises UnsafeQuery naming what it refuses.
+
+    Example:
+        >>> check_condition("group_name = 'Astrocyte'", {"group_name"})  # doctest: +SKIP
+        "(group_name = 'Astrocyte')"
+    """
+    example = "group_name = 'Astrocyte' and donor_sex = 'Female'"
+    hint = f'write one condition on the {what} table, such as "{example}"'
+    if not str(text).strip():
+        raise UnsafeQuery(f"{what}: an empty condition; {hint}")
     try:
-        con.execute("set memory_limit = ?", [memory_limit])
-        con.execute("set threads = ?", [int(threads)])
-        con.execute("set temp_directory = ?", [spill])
-        con.execute("set max_temp_directory_size = ?", [temp_limit])
-    except duckdb.Error as e:
-        con.close()
-        raise UnsafeQuery(
-            f"bad sandbox limit ({' '.join(str(e).split())}); give memory as e.g. 2GB and threads >= 1"
-        ) from e
-    con.execute("set allowed_directories = [?]", [root + "/"])
-    con.execute("set enable_external_access = false")
-    con.execute("set lock_configuration = true")
-    return con
+        trees = [t for t in sqlglot.parse(str(text), read="duckdb") if t is not None]
+    except sqlglot.errors.ParseError as e:
+        raise UnsafeQuery(f"{what}={text!r}: not one SQL condition ({str(e).splitlines()[0]}); {hint}") from e
+    except RecursionError:
+        raise UnsafeQuery(MAX_DEPTH_MESSAGE) from None
+    if (
+        len(trees) != 1
+        or isinstance(trees[0], exp.Query | exp.Command)
+        or not isinstance(trees[0], exp.Expression)
+    ):
+        raise UnsafeQuery(f"{what}={text!r}: not one SQL condition; {hint}")
+    tree = trees[0]
+    try:
+        nodes = list(tree.walk())
+    except RecursionError:
+        raise UnsafeQuery(MAX_DEPTH_MESSAGE) from None
+    lowered = {c.lower() for c in columns}
+    for node in nodes:
+        if isinstance(node, exp.Query | exp.Subquery | exp.Table | exp.Placeholder | exp.Star):
+            raise UnsafeQuery(f"{what}={text!r}: subqueries, tables and placeholders are not allowed; {hint}")
+        if isinstance(node, exp.Column):
+            if node.table and node.table.lower() != what:
+                raise UnsafeQuery(f"{what}={text!r}: {node.sql('duckdb')} names another table; {hint}")
+            if node.name.lower() not in lowered:
+                close = difflib.get_close_matches(node.name.lower(), sorted(lowered), n=3, cutoff=0.6)
+                also = f" (closest: {', '.join(close)})" if close else ""
+                raise UnsafeQuery(f"{what}={text!r}: the {what} table has no column {node.name!r}{also}")
+        if isinstance(node, exp.Func):
+            name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
+            if DENIED_FUNCTIONS.match(name or ""):
+                raise UnsafeQuery(
+                    f"{what}={text!r}: function {name.lower()}() is not allowed: it reads files, settings or "
+                    "the environment"
+                )
+    return f"({tree.sql(dialect='duckdb')})"
 
 
 def run_safe(
@@ -159,32 +210,258 @@ def run_safe(
     max_rows: int = DEFAULT_MAX_ROWS,
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     threads: int = DEFAULT_THREADS,
-    con: duckdb.DuckDBPyConnection | None = None,
 ) -> SafeResult:
-    """Run one untrusted SELECT against the store's catalog under both sandbox layers.
+    """Run one untrusted SELECT against the store's catalog under every sandbox layer, in a child process
+    of its own (started for it, ended after it).
 
     Example:
         >>> run_safe(Path("data/demo-store"), "select count(*) from cells").frame  # doctest: +SKIP
     """
-    con = con or safe_connect(store, memory_limit=memory_limit, threads=threads)
-    check_sql(sql, allowed_tables(con) - {"store_info"})
-    timer = threading.Timer(timeout, con.interrupt)
-    timer.start()
-    try:
-        table, truncated = first_rows(con.sql(sql).to_arrow_reader(min(max_rows + 1, 100_000)), max_rows)
-    except duckdb.InterruptException as e:
-        raise UnsafeQuery(f"the query ran longer than the {timeout:g} s time limit and was stopped") from e
-    except duckdb.OutOfMemoryException as e:
-        ((limit,),) = con.execute("select current_setting('memory_limit')").fetchall()
-        raise UnsafeQuery(
-            f"the query needed more than the sandbox's {limit} memory limit and was stopped; filter or "
-            "aggregate more, or ask for a larger --memory-limit"
-        ) from e
-    except duckdb.Error as e:
-        raise UnsafeQuery(" ".join(str(e).split())) from e
-    finally:
-        timer.cancel()
-    return SafeResult(table.to_pandas(), truncated)
+    with Sandbox(store, workers=1, memory_limit=memory_limit, threads=threads) as sandbox:
+        return sandbox.run(sql, timeout=timeout, max_rows=max_rows)
 
 
-__all__ = ["CATALOG", "UnsafeQuery", "SafeResult", "check_sql", "run_safe", "safe_connect"]
+def parse_bytes(text: str) -> int:
+    """DuckDB's memory sizes ("2GB", "300 MB", "1.5GiB", "64MiB") as bytes; UnsafeQuery when not one."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", str(text), re.IGNORECASE)
+    if not m or float(m[1]) <= 0:
+        raise UnsafeQuery(f"bad sandbox limit {text!r}; give memory as e.g. 2GB or 500MB")
+    unit = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[m[2].upper()]
+    return int(float(m[1]) * (1024 if m[3] else 1000) ** unit)
+
+
+class Sandbox:
+    """Warm child processes (`sandbox_child.py`) running untrusted statements for one store, `workers` at
+    once; a child that was killed (past the time limit or its memory cap) is replaced by a fresh one.
+
+    The statement is vetted here (`check_sql`) before any child sees it; each child holds DuckDB's sandbox
+    and resource limits (`safe_connect`) under an address-space cap of memory_limit + 2 GiB.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        *,
+        workers: int = 1,
+        memory_limit: str = DEFAULT_MEMORY_LIMIT,
+        threads: int = DEFAULT_THREADS,
+        temp_limit: str = DEFAULT_TEMP_LIMIT,
+    ):
+        self.store = Path(store).absolute()
+        self.memory_limit = memory_limit
+        self.address_space = parse_bytes(memory_limit) + ADDRESS_SPACE_HEADROOM
+        parse_bytes(temp_limit)
+        if int(threads) < 1:
+            raise UnsafeQuery(f"bad sandbox limit threads={threads}; give threads >= 1")
+        self.config = {
+            "store": str(self.store),
+            "memory_limit": memory_limit,
+            "threads": int(threads),
+            "temp_limit": temp_limit,
+            "address_space": self.address_space,
+        }
+        con = connect(self.store)
+        try:
+            self.allowed = allowed_tables(con) - {"store_info"}
+        finally:
+            con.close()
+        self.workers = max(1, int(workers))
+        self._idle: queue.Queue[_Child] = queue.Queue()
+        self._started = 0
+        self._lock = threading.Lock()
+        self._children: set[_Child] = set()
+        self._closed = False
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            children, self._children = list(self._children), set()
+        for child in children:
+            child.stop()
+
+    def run(
+        self,
+        sql: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        cancelled: threading.Event | None = None,
+    ) -> SafeResult:
+        """Vet and run one statement; `cancelled` (set by a server when its client goes away) stops it."""
+        if not isinstance(max_rows, int) or not 0 <= max_rows <= MAX_ROWS:
+            raise UnsafeQuery(f"max_rows={max_rows}: give a row cap from 0 to {MAX_ROWS:,}")
+        if not 0 < float(timeout) <= MAX_TIMEOUT:
+            raise UnsafeQuery(f"timeout={timeout}: give a time limit above 0 and at most {MAX_TIMEOUT:g} s")
+        check_sql(sql, self.allowed)
+        child = self._acquire(timeout)
+        try:
+            header, payload = child.ask(
+                {"sql": sql, "max_rows": max_rows, "timeout": timeout}, timeout + GRACE, cancelled
+            )
+        except _Late:
+            self._drop(child)
+            raise UnsafeQuery(
+                f"the query ran longer than the {timeout:g} s time limit and was stopped"
+            ) from None
+        except _Died:
+            self._drop(child)
+            raise UnsafeQuery(
+                f"the query needed more memory than the sandbox's {_gib(self.address_space)} cap and was "
+                "stopped; filter or aggregate more, or ask for a larger --memory-limit"
+            ) from None
+        except _Cancelled:
+            self._drop(child)
+            raise
+        self._idle.put(child)
+        if header["ok"]:
+            import pyarrow as pa
+
+            table = pa.ipc.open_stream(payload).read_all()
+            return SafeResult(table.to_pandas(), bool(header["truncated"]))
+        if header["kind"] == "timeout":
+            raise UnsafeQuery(f"the query ran longer than the {timeout:g} s time limit and was stopped")
+        if header["kind"] == "memory":
+            raise UnsafeQuery(
+                f"the query needed more than the sandbox's {self.memory_limit} memory limit and was stopped; "
+                "filter or aggregate more, or ask for a larger --memory-limit"
+            )
+        raise UnsafeQuery(header["message"])
+
+    def _acquire(self, timeout: float) -> _Child:
+        with self._lock:
+            if self._closed:
+                raise UnsafeQuery("the sandbox is closed")
+            start = self._idle.empty() and self._started < self.workers
+            if start:
+                self._started += 1
+        if start:
+            try:
+                child = _Child(self.config)
+            except BaseException:
+                with self._lock:
+                    self._started -= 1
+                raise
+            with self._lock:
+                self._children.add(child)
+            return child
+        try:
+            return self._idle.get(timeout=timeout)
+        except queue.Empty:
+            raise UnsafeQuery(
+                f"the sandbox's {self.workers} worker(s) stayed busy for {timeout:g} s; try again shortly"
+            ) from None
+
+    def _drop(self, child: _Child) -> None:
+        child.stop()
+        with self._lock:
+            self._children.discard(child)
+            self._started -= 1
+
+
+class _Late(Exception):
+    pass
+
+
+class _Died(Exception):
+    pass
+
+
+class _Cancelled(UnsafeQuery):
+    """The caller went away (a server's client disconnected): the statement was stopped."""
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+class _Child:
+    """One sandbox child process and the two pipes to it."""
+
+    def __init__(self, config: dict):
+        self.log = tempfile.TemporaryFile()  # the child's stderr, read only to say why it could not start
+        req_r, req_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "build_db.access.sandbox_child",
+                str(req_r),
+                str(ans_w),
+                json.dumps(config),
+            ],
+            pass_fds=(req_r, ans_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            close_fds=True,
+        )
+        os.close(req_r)
+        os.close(ans_w)
+        self.requests = Connection(req_w, readable=False)
+        self.answers = Connection(ans_r, writable=False)
+        try:
+            ready = self._recv(60.0, None)
+        except (_Late, _Died):
+            err = self._stderr()
+            self.stop()
+            raise UnsafeQuery(f"the sandbox could not start{': ' + err if err else ''}") from None
+        if not ready.get("ok"):
+            self.stop()
+            raise UnsafeQuery(
+                f"bad sandbox limit ({ready['message']}); give memory as e.g. 2GB and threads >= 1"
+            )
+
+    def ask(self, request: dict, deadline: float, cancelled) -> tuple[dict, bytes | None]:
+        self.requests.send_bytes(json.dumps(request).encode())
+        header = self._recv(deadline, cancelled)
+        payload = self.answers.recv_bytes() if header.get("ok") else None
+        return header, payload
+
+    def _recv(self, seconds: float, cancelled) -> dict:
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise _Late()
+            if cancelled is not None and cancelled.is_set():
+                raise _Cancelled("the client went away; the query was stopped")
+            try:
+                if self.answers.poll(min(left, 0.1)):
+                    return json.loads(self.answers.recv_bytes())
+            except (EOFError, OSError):
+                raise _Died() from None
+            if self.proc.poll() is not None and not self.answers.poll(0):
+                raise _Died()
+
+    def _stderr(self) -> str:
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return ""
+        self.log.seek(0)
+        lines = [x for x in self.log.read().decode(errors="replace").splitlines() if x.strip()]
+        return lines[-1] if lines else ""
+
+    def stop(self) -> None:
+        for c in (self.requests, self.answers):
+            try:
+                c.close()
+            except OSError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log.close()
+
+
+__all__ = ["CATALOG", "Sandbox", "UnsafeQuery", "SafeResult", "check_sql", "run_safe", "safe_connect"]

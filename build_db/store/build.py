@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import __version__
 from ..errors import HmbaError, ReleaseError
 from ..files import save_json
 from ..progress import Reporter, run_pool, worker_pool
@@ -27,6 +26,7 @@ from ..release import layout as R
 from ..release.check import check_release
 from ..release.h5ad import CsrReader
 from ..release.manifest import Layout, read_manifest
+from ..version import __version__
 from .catalog import relocate, write_catalog
 from .guard import build_lock, check_disk, check_target
 from .metadata import MetadataBuilder, check_metadata
