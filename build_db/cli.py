@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import sys
-from decimal import Decimal
 from pathlib import Path
 
 import click
@@ -423,9 +422,16 @@ TABLE_WIDTH = 60  # characters of a value shown in --format table
 
 def _emit(df, fmt: str) -> None:
     if fmt == "csv":
-        df.to_csv(sys.stdout, index=False)
+        from .access.results import frame_csv
+
+        sys.stdout.write(frame_csv(df))
     elif fmt == "json":
-        click.echo(df.to_json(orient="records", date_format="iso", indent=1))
+        from .access.results import records_json
+
+        text, notes = records_json(df)
+        click.echo(text)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
     elif df.empty:
         click.echo(" | ".join(df.columns) + "\n(0 rows)")
     else:
@@ -519,17 +525,6 @@ def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads):
         raise click.ClickException(_over_http(e) or " ".join(str(e).split())) from e
 
 
-def _json_safe(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        if isinstance(v, float) and v != v:
-            v = None
-        elif isinstance(v, Decimal):  # DuckDB's HUGEINT and DECIMAL arrive as decimals
-            v = int(v) if v == v.to_integral_value() else float(v)
-        out[k] = v
-    return out
-
-
 STREAM_ROWS = 65_536  # rows per Arrow batch written out: a few MB, whatever the result's size
 
 
@@ -546,22 +541,10 @@ def _stream(reader, fmt: str, max_rows: int) -> None:
                 f"(stopped at {max_rows:,} rows: --max-rows; --format csv streams every row)", err=True
             )
         return
-    first = True
-    if fmt == "json":
-        sys.stdout.write("[")
-    for batch in reader:
-        if batch.num_rows == 0:
-            continue
-        if fmt == "csv":
-            batch.to_pandas().to_csv(sys.stdout, index=False, header=first)
-        else:  # exact numbers: shortest round-trip floats, HUGEINT as an integer, NaN as null
-            rows = (json.dumps(_json_safe(r), default=str) for r in batch.to_pylist())
-            sys.stdout.write(("" if first else ",") + "\n" + ",\n".join(rows))
-        first = False
-    if fmt == "csv" and first:
-        click.echo(",".join(reader.schema.names))
-    if fmt == "json":
-        sys.stdout.write("\n]\n")
+    from .access.results import write_stream
+
+    for note in write_stream(reader, fmt, sys.stdout):
+        click.echo(f"note: {note}", err=True)
 
 
 @main.command()
@@ -836,6 +819,78 @@ def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, 
         f"cells, from the {ref.source}"
     )
     click.echo(f"{ref.markers}: {ref.markers_summary()}")
+
+
+@main.command()
+@click.argument("store", type=STORE_OR_URL)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port.")
+@click.option("--token", default=None, help="Require `Authorization: Bearer TOKEN` on every /api request.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Server processes.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a request may run before a 504.",
+)
+@click.option(
+    "--max-export-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1024.0,
+    show_default=True,
+    help="Largest AnnData download (estimated before it is made); larger selections get a 413.",
+)
+@click.option(
+    "--sql-memory-limit", default="2GB", show_default=True, help="Memory of each sandboxed SQL query."
+)
+@click.option(
+    "--sql-workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Sandbox processes running untrusted SQL at once.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Server log detail (debug logs every request).",
+)
+def serve(
+    store, host, port, token, workers, timeout, max_export_mb, sql_memory_limit, sql_workers, log_level
+):
+    """Serve STORE over HTTP: a JSON API (/api/v1, described at /openapi.json and /api/docs) and the
+    explorer page at /.
+
+    STORE is a local store or a published store's URL. Each request answers from one build; a rebuild of
+    STORE is picked up between requests. Nothing is written to the store. docs/serve.md tells how to run
+    it for a lab (a systemd unit, TLS behind a reverse proxy, --token).
+
+    Example:
+
+        hmba-db serve data/demo-store --port 8000
+    """
+    from .serve.app import ServeConfig
+    from .serve.run import serve as run
+
+    run(
+        ServeConfig(
+            store=str(store),
+            token=token,
+            timeout=timeout,
+            max_export_mb=max_export_mb,
+            sandbox_workers=sql_workers,
+            sandbox_memory_limit=sql_memory_limit,
+        ),
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )
 
 
 @main.command("connect-info")

@@ -59,6 +59,9 @@ def test_a_statement_that_ignores_the_interrupt_is_killed_at_the_deadline(tiny_s
 def test_a_killed_child_is_replaced_and_the_next_statement_answers(tiny_store):
     with Sandbox(tiny_store, workers=1) as sandbox:
         assert len(sandbox.run("select 1 as x").frame) == 1
+        # A result cut at max_rows is closed: a half-read one would block the child's connection.
+        assert sandbox.run("select * from cells", max_rows=3).truncated
+        assert len(sandbox.run("select 1 as x").frame) == 1
         with pytest.raises(UnsafeQuery, match="time limit"):
             sandbox.run(SLOW_LISTS, timeout=0.5)
         result = sandbox.run("select species, count(*) as n from cells group by 1 order by 1")

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..errors import HmbaError
 from ..release import layout as R
+from ..release.normalise import log2_cpm
 from ..store import schema as S
 from .connect import bucket_files
 from .genes import CACHE, GeneMatch, cache_key, resolve_genes
@@ -66,6 +67,17 @@ def _cell_terms(con: duckdb.DuckDBPyConnection, species: str, level: str) -> _Ce
     return CACHE[key]
 
 
+def gene_rows(con: duckdb.DuckDBPyConnection, species: str, genes: list[GeneMatch]) -> dict[str, np.ndarray]:
+    """The stored non-zeros of some genes of one species (gene_index, cell_index, raw_count arrays), read
+    from their buckets' files only, and only their row groups."""
+    files = bucket_files(con, species, [g.gene_bucket for g in genes])
+    return con.execute(
+        f"select gene_index, cell_index, raw_count from read_parquet(?) "
+        f"where gene_index in ({', '.join(str(g.gene_index) for g in genes)})",
+        [files],
+    ).fetchnumpy()
+
+
 def mean_expression(
     con: duckdb.DuckDBPyConnection, species: str, symbols: list[str], level: str = "Group"
 ) -> pd.DataFrame:
@@ -83,19 +95,14 @@ def mean_expression(
         raise HmbaError(f"unknown taxonomy level {level!r}; choose from {', '.join(R.LEVELS)}")
     genes = resolve_genes(con, species, symbols)
     cells = _cell_terms(con, species, level)
-    files = bucket_files(con, species, [g.gene_bucket for g in genes])
-    rows = con.execute(
-        f"select gene_index, cell_index, raw_count from read_parquet(?) "
-        f"where gene_index in ({', '.join(str(g.gene_index) for g in genes)})",
-        [files],
-    ).fetchnumpy()
+    rows = gene_rows(con, species, genes)
     wanted = np.array([g.gene_index for g in genes])
     by_index = np.argsort(wanted)
     gene_pos = by_index[np.searchsorted(wanted[by_index], rows["gene_index"])]
     cell = rows["cell_index"].astype(np.int64)
     code = cells.codes[cell]
     keep = code >= 0
-    log2 = np.log2(rows["raw_count"][keep] / cells.totals[cell[keep]] * 1e6 + 1)
+    log2 = log2_cpm(rows["raw_count"][keep], cells.totals[cell[keep]])
     n_terms, n_genes = len(cells.terms), len(genes)
     slot = code[keep] * n_genes + gene_pos[keep]
     sums = np.bincount(slot, weights=log2, minlength=n_terms * n_genes).reshape(n_terms, n_genes)

@@ -111,7 +111,7 @@ def connect(
 
 def first_rows(reader, max_rows: int):
     """At most max_rows rows of an Arrow batch reader as a table, and whether more existed: reads one batch
-    past the limit at most, whatever the result's size."""
+    past the limit at most, whatever the result's size, then closes the reader."""
     import pyarrow as pa
 
     batches, n = [], 0
@@ -120,5 +120,6 @@ def first_rows(reader, max_rows: int):
         n += batch.num_rows
         if n > max_rows:
             break
+    reader.close()  # a half-read DuckDB result blocks its connection: the rest is never wanted
     table = pa.Table.from_batches(batches, schema=reader.schema)
     return table.slice(0, max_rows), n > max_rows

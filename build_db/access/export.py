@@ -246,6 +246,30 @@ def _frame(df: pd.DataFrame, index: str) -> pd.DataFrame:
     return out
 
 
+def estimate_nnz(
+    con: duckdb.DuckDBPyConnection, species: str, genes: list[str] | None = None, cells: str | None = None
+) -> tuple[int, int, int]:
+    """(cells, genes, non-zeros) of a to_anndata selection, counted before reading it: the cells' genes
+    detected for all genes, the genes' stored rows among those cells otherwise (their row groups only)."""
+    if species not in R.SPECIES:
+        raise HmbaError(f"unknown species {species!r}; choose from {', '.join(R.SPECIES)}", key="species")
+    where = f" and {cells_condition(con, cells)}" if cells else ""
+    ((n_cells, detected),) = con.execute(
+        f"select count(*), coalesce(sum(genes_detected), 0) from cells where species = ?{where}", [species]
+    ).fetchall()
+    if genes is None:
+        ((n_genes,),) = con.execute("select count(*) from genes where species = ?", [species]).fetchall()
+        return int(n_cells), int(n_genes), int(detected)
+    var = _genes(con, species, genes)
+    files = bucket_files(con, species, var.gene_bucket.unique())
+    ((nnz,),) = con.execute(
+        f"select count(*) from read_parquet(?) where gene_index in ({', '.join(map(str, var.gene_index))}) "
+        f"and cell_index in (select cell_index from cells where species = ?{where})",
+        [files, species],
+    ).fetchall()
+    return int(n_cells), len(var), int(nnz)
+
+
 def to_anndata(
     store_or_con,
     species: str,

@@ -4,6 +4,7 @@ and the per-store-build cache the access side keeps."""
 from __future__ import annotations
 
 import difflib
+import itertools
 import weakref
 from dataclasses import dataclass
 
@@ -84,6 +85,12 @@ CACHE: dict[tuple, object] = {}
 _BUILD_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def forget(root: str) -> None:
+    """Drop what the cache holds for one store snapshot (a server moving to a newer build)."""
+    for key in [k for k in CACHE if k and k[0] == str(root)]:
+        CACHE.pop(key, None)
+
+
 def cache_key(con: duckdb.DuckDBPyConnection, *parts) -> tuple:
     if con not in _BUILD_OF:
         # The snapshot folder names the build; the build id (or, before snapshots, the build time) as well.
@@ -105,3 +112,135 @@ def symbol_table(con: duckdb.DuckDBPyConnection, species: str) -> dict[str, Gene
         ).fetchall()
         CACHE[key] = {r[0]: GeneMatch(r[0], int(r[1]), int(r[2]), r[3], int(r[4])) for r in rows}
     return CACHE[key]
+
+
+PREFIX_HITS = 200  # prefix matches ranked per species: "ncbigene:" alone matches every Macaque gene
+
+
+@dataclass(frozen=True)
+class GeneHit:
+    species: str
+    gene_identifier: str
+    gene_symbol: str | None
+    gene_index: int
+    match: str  # "exact", "prefix", "contains" or "close"
+
+
+class _GeneIndex:
+    """One species' genes for autocomplete: casefolded symbols and identifiers sorted for prefix look-ups
+    (bisect), and the symbols' trigrams for the closest matches (difflib over the few that share one)."""
+
+    def __init__(self, rows: list[tuple]):
+        self.genes = [(ident, sym, int(idx)) for ident, sym, idx in rows]
+        keys = []
+        for i, (ident, sym, _) in enumerate(self.genes):
+            keys.append((ident.casefold(), i))
+            if sym:
+                keys.append((sym.casefold(), i))
+        keys.sort()
+        self.keys = [k for k, _ in keys]
+        self.of = [i for _, i in keys]
+        # Every symbol in one string, so "contains" is str.find at C speed, not a Python loop over 36k.
+        folded = [(sym or "").casefold() for _, sym, _ in self.genes]
+        self.blob = "\n".join(folded)
+        self.starts = list(itertools.accumulate((len(f) + 1 for f in folded[:-1]), initial=0))
+        self.trigrams: dict[str, list[int]] = {}
+        for i, (_, sym, _) in enumerate(self.genes):
+            for t in _trigrams(sym.casefold() if sym else ""):
+                self.trigrams.setdefault(t, []).append(i)
+
+    def prefix(self, q: str, n: int) -> list[int]:
+        """At most n genes whose symbol or identifier starts with q, in key order."""
+        import bisect
+
+        lo = bisect.bisect_left(self.keys, q)
+        out = []
+        for j in range(lo, min(lo + n, len(self.keys))):
+            if not self.keys[j].startswith(q):
+                break
+            out.append(self.of[j])
+        return out
+
+    def contains(self, q: str, n: int) -> list[int]:
+        import bisect
+
+        out, at = [], self.blob.find(q)
+        while at >= 0 and len(out) < n:
+            i = bisect.bisect_right(self.starts, at) - 1
+            out.append(i)
+            at = self.blob.find(q, self.starts[i + 1] if i + 1 < len(self.starts) else len(self.blob))
+        return out
+
+    def close(self, q: str, n: int) -> list[int]:
+        shared: dict[int, int] = {}
+        for t in _trigrams(q):
+            for i in self.trigrams.get(t, ()):
+                shared[i] = shared.get(i, 0) + 1
+        best = sorted(shared, key=lambda i: -shared[i])[:200]  # difflib on these few only
+        scored = []
+        for i in best:
+            sym = self.genes[i][1].casefold()
+            r = difflib.SequenceMatcher(None, q, sym).ratio()
+            if r >= 0.5:
+                scored.append((-r, len(sym), sym, i))
+        return [i for *_, i in sorted(scored)[:n]]
+
+
+def _trigrams(text: str) -> set[str]:
+    padded = f"  {text} "
+    return {padded[i : i + 3] for i in range(len(padded) - 2)}
+
+
+def _gene_index(con: duckdb.DuckDBPyConnection, species: str) -> _GeneIndex:
+    key = cache_key(con, "gene_index", species)
+    if key not in CACHE:
+        rows = con.execute(
+            "select gene_identifier, gene_symbol, gene_index from genes where species = ? "
+            "order by gene_index",
+            [species],
+        ).fetchall()
+        CACHE[key] = _GeneIndex(rows)
+    return CACHE[key]
+
+
+def search_genes(
+    con: duckdb.DuckDBPyConnection, q: str, species: list[str], limit: int = 20
+) -> list[GeneHit]:
+    """Autocomplete over gene symbols and identifiers of the given species, ignoring case: exact matches
+    first, then prefix matches (shorter first), then symbols containing the text, then the closest symbols
+    (a typo: `DRDD1` finds DRD1). Each hit names its species, identifier and symbol.
+
+    Example:
+        >>> search_genes(connect("data/demo-store"), "drd", ["Human"], 5)  # doctest: +SKIP
+    """
+    q = str(q).strip().casefold()
+    if not q:
+        return []
+    ranked: list[tuple[tuple, GeneHit]] = []
+    indexes = [(order, s, _gene_index(con, s), set()) for order, s in enumerate(species)]
+
+    def add(order: int, s: str, index: _GeneIndex, seen: set, i: int, match: str, rank: int, near=0) -> None:
+        if i not in seen:
+            seen.add(i)
+            ident, sym, gene_index = index.genes[i]
+            # Ranked by what matched: the identifier for "ncbigene:1002", else the symbol; the closest
+            # matches by their place in difflib's order (most similar first), the others shorter first.
+            name = ident.casefold() if ident.casefold().startswith(q) else (sym or ident).casefold()
+            key = (rank, near or len(name), name, order)
+            ranked.append((key, GeneHit(s, ident, sym, gene_index, match)))
+
+    for order, s, index, seen in indexes:
+        for i in index.prefix(q, PREFIX_HITS):
+            ident, sym, _ = index.genes[i]
+            exact = q in (ident.casefold(), (sym or "").casefold())
+            add(order, s, index, seen, i, "exact" if exact else "prefix", 0 if exact else 1)
+    found_exact = any(hit.match == "exact" for _, hit in ranked)
+    for order, s, index, seen in indexes:
+        if len(seen) < limit and len(q) >= 2:
+            for i in index.contains(q, limit):
+                add(order, s, index, seen, i, "contains", 2)
+        if len(seen) < limit and len(q) >= 3 and not found_exact:  # a typo: nothing is spelt so
+            for near, i in enumerate(index.close(q, limit), start=1):
+                add(order, s, index, seen, i, "close", 3, near)
+    ranked.sort(key=lambda r: r[0])
+    return [hit for _, hit in ranked[:limit]]

@@ -19,6 +19,7 @@ is resolved to the genes of each species in the query first: its SQL may use `$g
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ PLOTS = {
     "scatter": ("x", "y", "color"),
     "bar": ("x", "y"),
 }
+MAX_NUMBER = 1e15  # larger int parameters overflow DuckDB's literals; none of ours needs more
 _PARAM = re.compile(r"^(\w+)\s+(\w+)\s*(?:=\s*(.*?))?\s*:\s+(.+)$")
 
 
@@ -339,6 +341,11 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
             scope = [values[p.name]]
         elif p.type == "species_list":
             items = _split(v)
+            if not items:
+                raise HmbaError(
+                    f"--param {p.name}={v}: give species, comma-separated, or all ({', '.join(built)})",
+                    key=p.name,
+                )
             chosen = (
                 built
                 if [x.lower() for x in items] == ["all"]
@@ -360,8 +367,14 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
         if p.type in ("int", "float"):
             try:
                 values[p.name] = int(v) if p.type == "int" else float(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise HmbaError(f"--param {p.name}={v}: expected {PARAM_TYPES[p.type]}", key=p.name) from None
+            if not math.isfinite(values[p.name]) or abs(values[p.name]) > MAX_NUMBER:
+                # nan compares false with everything: min_fraction=nan returned 0 rows, silently
+                raise HmbaError(
+                    f"--param {p.name}={v}: expected a finite number (at most {MAX_NUMBER:.0e} in size)",
+                    key=p.name,
+                )
         elif p.type == "text":
             values[p.name] = str(v)
         elif p.type == "term":

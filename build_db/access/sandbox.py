@@ -90,7 +90,7 @@ def check_sql(sql: str, allowed: set[str]) -> exp.Expression:
     """Parse and vet a query; raise UnsafeQuery naming the first thing it refuses."""
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
-    except sqlglot.errors.ParseError as e:
+    except sqlglot.errors.SqlglotError as e:  # a parse or a tokenizer error
         raise UnsafeQuery(f"not valid SQL: {str(e).splitlines()[0]}") from e
     except RecursionError:
         raise UnsafeQuery(MAX_DEPTH_MESSAGE) from None
@@ -166,7 +166,7 @@ def check_condition(text: str, columns: set[str], *, what: str = "cells") -> str
         raise UnsafeQuery(f"{what}: an empty condition; {hint}")
     try:
         trees = [t for t in sqlglot.parse(str(text), read="duckdb") if t is not None]
-    except sqlglot.errors.ParseError as e:
+    except sqlglot.errors.SqlglotError as e:  # a parse or a tokenizer error
         raise UnsafeQuery(f"{what}={text!r}: not one SQL condition ({str(e).splitlines()[0]}); {hint}") from e
     except RecursionError:
         raise UnsafeQuery(MAX_DEPTH_MESSAGE) from None
