@@ -69,6 +69,17 @@ $(JAVA_STAMP): $(STAMP)
 	java -version 2>&1 | head -1
 	touch $(JAVA_STAMP)
 
+# wrk (Debian's HTTP load generator) for the server's benchmark: 32 connections over a mix of requests.
+WRK_STAMP := $(VENV)/.wrk
+
+$(WRK_STAMP): $(STAMP)
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		echo "installing wrk (the HTTP load generator) for the server's benchmark"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; \
+	fi
+	touch $(WRK_STAMP)
+
 demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer the notebook question
 	$(BIN)/hmba-db synth $(DATA)/demo-release --scale 0.005 --force
 	$(BIN)/hmba-db check $(DATA)/demo-release --md5
@@ -81,16 +92,20 @@ demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer
 test: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
 	$(BIN)/pytest -q
 
-bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, then the slow tests
+bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) $(WRK_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, the server, then the slow tests
 	$(BIN)/python -m build_db.tools.bench --out $(DATA)/bench
 	$(BIN)/python -m build_db.tools.bench_remote $(DATA)/bench/store-0.01 --spark
+	$(BIN)/python -m build_db.tools.bench_serve $(DATA)/bench/store-0.1 --release $(DATA)/bench/release-0.1 \
+		--json $(DATA)/bench/serve-0.1.json
 	$(BIN)/pytest -q -m slow
 
 # SPECIES given on the command line wins; otherwise Macaque (Human needs ~25 GB of release: check df -h).
 FULL_SPECIES := $(if $(filter command line,$(origin SPECIES)),$(SPECIES),Macaque)
 
-bench-full: $(STAMP) ## one species at --scale 1 (Macaque, or SPECIES=Human): synth once (~22 min, 11.5 GB), build, query table
+bench-full: $(STAMP) $(WRK_STAMP) ## one species at --scale 1 (Macaque, or SPECIES=Human): synth once (~22 min, 11.5 GB), build, query table, the server
 	$(BIN)/python -m build_db.tools.bench_full --out $(DATA)/bench-full --species $(FULL_SPECIES)
+	$(BIN)/python -m build_db.tools.bench_serve $(DATA)/bench-full/store --release $(DATA)/bench-full/release \
+		--json $(DATA)/bench-full/serve.json
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check build_db tests

@@ -1,18 +1,19 @@
 -- name: dotplot
 -- title: Dotplot of a gene set per taxonomy term (mean scaled per gene, fraction expressing)
--- description: For one species and level: each gene's mean log2(CPM+1) per term scaled to the gene's
--- highest term (0 to 1, so genes of different levels compare), and the fraction of the term's cells
--- expressing it, from the precomputed statistics. Terms with fewer than min_cells cells are left out.
--- param species species = Human: Species
+-- description: For a level and one or more species: each gene's mean log2(CPM+1) per term scaled to the
+-- gene's highest term in that species (0 to 1, so genes of different levels compare), and the fraction of
+-- the term's cells expressing it, from the precomputed statistics. Terms with fewer than min_cells cells
+-- are left out. Several species side by side at the Group level, the level their taxonomy shares.
+-- param species species_list = Human: Species, comma-separated, or all
 -- param genes genes = DRD1,DRD2,PPP1R1B,PENK,TAC1,SST,PVALB,CHAT,TH,SLC6A3: Gene symbols
 -- param level level = Subclass: Taxonomy level
 -- param min_cells int = 10: Smallest term shown
--- plot: dotplot x=gene_symbol y=term_name color=scaled_mean size=fraction_expressing
+-- plot: dotplot x=gene_symbol y=term_name color=scaled_mean size=fraction_expressing facet=species
 -- example: genes=DRD1,DRD2,PLP1,AQP4 level=Class
 with terms as (
     select species, term_label, term_name, term_order, n_cells
     from term_cell_counts
-    where species = $species and level = $level and n_cells >= $min_cells
+    where species in $species and level = $level and n_cells >= $min_cells
 ),
 
 stats as (
@@ -23,12 +24,13 @@ stats as (
         sum_log2_cpm / n_cells as mean_log2_cpm,
         n_expressing / n_cells as fraction_expressing
     from term_gene_sums
-    where species = $species and level = $level and gene_bucket in $gene_buckets
+    where species in $species and level = $level and gene_bucket in $gene_buckets
         and gene_index in $gene_indexes
 ),
 
 joined as (
     select
+        terms.species,
         terms.term_name,
         terms.term_order,
         genes.gene_symbol,
@@ -48,11 +50,12 @@ joined as (
 final as (
     select
         *,
-        coalesce(mean_log2_cpm / nullif(max(mean_log2_cpm) over (partition by gene_symbol), 0), 0)
-            as scaled_mean
+        coalesce(
+            mean_log2_cpm / nullif(max(mean_log2_cpm) over (partition by species, gene_symbol), 0), 0
+        ) as scaled_mean
     from joined
 )
 
-select term_name, gene_symbol, scaled_mean, mean_log2_cpm, fraction_expressing, n_cells
+select species, term_name, gene_symbol, scaled_mean, mean_log2_cpm, fraction_expressing, n_cells
 from final
-order by term_order, gene_order
+order by term_order, species, gene_order

@@ -9,7 +9,16 @@ import pytest
 from click.testing import CliRunner
 
 from build_db.cli import main
-from build_db.tools.docs import args_of, commands, pages, prose_commands, python_blocks, run_python
+from build_db.tools.docs import (
+    args_of,
+    commands,
+    curl,
+    curl_commands,
+    pages,
+    prose_commands,
+    python_blocks,
+    run_python,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [
@@ -92,6 +101,8 @@ def test_every_prose_example_runs(page, command, tiny_store, tiny_release, tmp_p
         str(where[a]) if a in where else str(tmp_path / a[5:]) if a.startswith("data/") else a for a in args
     ]
     run += CHEAPER.get(args[0], [])
+    if args[0] == "serve":
+        return _serve_runs(page, command, run)
     server = None
     if args[0] == "download":
         server, url, _ = serve(tiny_release)
@@ -103,6 +114,29 @@ def test_every_prose_example_runs(page, command, tiny_store, tiny_release, tmp_p
             server.shutdown()
     assert r.exit_code == 0, f"{page}: {command}\n{r.output}"
     assert "Traceback" not in r.output
+
+
+def _serve_runs(page, command, run):
+    """`hmba-db serve` runs until stopped: started as a user starts it, asked for its health (with the token
+    the example passes, a shell substitution standing for one), stopped. A published store's URL is served
+    in tests/test_remote.py::test_serve_a_published_store (it needs the side DuckDB with httpfs)."""
+    from build_db.tools.served import Server
+
+    if run[1].startswith(("http://", "https://", "s3://")):
+        pytest.skip("a published store: tests/test_remote.py::test_serve_a_published_store serves one")
+    run = ["a-token" if "$(" in a else a for a in run]
+    token = run[run.index("--token") + 1] if "--token" in run else None
+    if "--port" in run:  # the example's port may be taken here: the test's own free port instead
+        i = run.index("--port")
+        del run[i : i + 2]
+    server = Server(run[1], *run[2:])
+    try:
+        status, body = server.json(
+            "/api/v1/health", **({"Authorization": f"Bearer {token}"} if token else {})
+        )
+    finally:
+        server.stop()
+    assert status == 200 and body["status"] == "ok", f"{page}: {command}\n{body}"
 
 
 def test_examples_not_run_say_which_test_covers_them():
@@ -126,3 +160,31 @@ def test_the_checkout_holds_no_generated_data():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     generated = [f for f in tracked if f.endswith((".h5", ".h5ad", ".parquet", ".duckdb"))]
     assert not generated, generated
+
+
+CURL = [
+    (page.relative_to(ROOT), command, "\n".join(page.read_text().split("\n")[start + 1 : stop]))
+    for page in pages(ROOT)
+    for start, stop, command in curl_commands(page.read_text())
+]
+
+
+@pytest.fixture(scope="module")
+def doc_server(tiny_store):
+    from build_db.tools.served import Server
+
+    s = Server(tiny_store, "--log-level", "warning")
+    yield s
+    s.stop()
+
+
+def test_the_server_page_has_curl_examples():
+    assert len([c for p, c, _ in CURL if str(p) == "docs/serve.md"]) >= 12
+
+
+@pytest.mark.parametrize("page,command,shown", CURL, ids=[f"{p}:{i}" for i, (p, _, _) in enumerate(CURL)])
+def test_every_curl_example_answers(page, command, shown, doc_server):
+    """Each `$ curl` example answers on the tiny store: 200, or a 4xx where the page shows an error."""
+    status, _ = curl(command, doc_server.url)
+    shows_error = shown.lstrip().startswith('{"error"')
+    assert (400 <= status < 500) if shows_error else status == 200, (command, status)

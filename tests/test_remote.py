@@ -230,3 +230,25 @@ def test_a_rebuild_republishes_for_the_same_url(tiny_release, tmp_path):
     con.execute(f"attach '{store / 'published.duckdb'}' as p (read_only)")
     sql = con.execute("select sql from duckdb_views() where view_name = 'expression_counts'").fetchall()[0][0]
     assert f"snapshots/{again['build_id']}/" in sql and first["build_id"] not in sql
+
+
+def test_serve_a_published_store(served, con):
+    """`hmba-db serve URL` from the side environment: the API answers a published store as the local one."""
+    from build_db.tools.served import Server
+
+    _, url, *_ = served
+    if not (REMOTE / "bin" / "python").exists():
+        pytest.fail(f"{REMOTE} is missing; `make test` creates it (DuckDB 1.5.5 with httpfs from PyPI)")
+    s = Server(url, python=str(REMOTE / "bin" / "python"))
+    try:
+        status, health = s.json("/api/v1/health")
+        assert status == 200 and health["build_id"] == build_db.store_info(con)["build_id"]
+        status, payload = s.json("/api/v1/query/dotplot?genes=DRD1,PLP1&level=Class")
+        assert status == 200, payload
+        expected = build_db.run_query(con, "dotplot", genes="DRD1,PLP1", level="Class")
+        got = pd.DataFrame(payload["rows"], columns=payload["columns"])
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_exact=True)
+        status, h, body = s.post("/api/v1/sql", {"sql": "select 1"})
+        assert status == 400 and "local store only" in json.loads(body)["error"]
+    finally:
+        assert s.stop() == 0

@@ -24,8 +24,7 @@ from build_db.access.embedding import umap_points
 from build_db.access.genes import search_genes
 from build_db.cli import main
 from build_db.release import layout as R
-
-from .server import Server
+from build_db.tools.served import Server
 
 API = "/api/v1"
 

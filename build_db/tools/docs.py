@@ -106,7 +106,117 @@ def main(argv: list[str]) -> int:
     for page in pages(root):
         rerun(page, run)
         rerun_python(page, str(store.absolute()))
+    from .served import Server
+
+    server = Server(store, "--log-level", "warning")
+    try:
+        for page in pages(root):
+            rerun_curl(page, server.url)
+    finally:
+        server.stop()
     return 0
+
+
+# --- `$ curl ...` examples of the server (docs/serve.md), run against `hmba-db serve` on the store ---
+
+SHOWN_URL = "http://localhost:8000"  # the address the examples show
+LIST_ITEMS = 3  # items of a long JSON list shown; the rest summed up
+TEXT_LINES = 8  # lines of a CSV answer shown
+
+
+def curl_commands(text: str) -> list[tuple[int, int, str]]:
+    """(the `$ curl` line, the line after its output, the command) of each fenced example."""
+    lines = text.split("\n")
+    found, i = [], 0
+    while i < len(lines):
+        if not lines[i].startswith("```"):
+            i += 1
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
+        starts = [j for j in range(i + 1, end) if lines[j].startswith("$ ")]
+        if starts and all(lines[j].startswith("$ curl ") for j in starts):
+            for k, j in enumerate(starts):
+                found.append((j, starts[k + 1] if k + 1 < len(starts) else end, lines[j][2:]))
+        i = end + 1
+    return found
+
+
+def curl(command: str, base_url: str) -> tuple[int, str]:
+    """Run a `curl -s [-X M] [-H h] [-d data] [-o file] URL` example with urllib: (status, what to show)."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    args = shlex.split(command)[1:]
+    method, headers, data, saved, url = None, {}, None, None, None
+    while args:
+        a = args.pop(0)
+        if a == "-s":
+            continue
+        if a == "-X":
+            method = args.pop(0)
+        elif a == "-H":
+            k, _, v = args.pop(0).partition(":")
+            headers[k.strip()] = v.strip()
+        elif a == "-d":
+            data = args.pop(0).encode()
+        elif a == "-o":
+            saved = args.pop(0)
+        else:
+            url = a
+    if url is None or not url.startswith(SHOWN_URL):
+        raise SystemExit(f"{command}: an example's URL starts with {SHOWN_URL}")
+    path = urllib.parse.quote(url[len(SHOWN_URL) :], safe="/?&=,:;'()%*+!$@")
+    req = urllib.request.Request(base_url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            status, body, kind = r.status, r.read(), r.headers.get("content-type", "")
+    except urllib.error.HTTPError as e:
+        status, body, kind = e.code, e.read(), e.headers.get("content-type", "")
+    if saved:
+        return status, ""
+    if "json" in kind:
+        return status, _json(_shorten(json.loads(body)))
+    text = body.decode().rstrip("\n").split("\n")
+    more = [f"... ({len(text) - TEXT_LINES:,} more lines)"] if len(text) > TEXT_LINES else []
+    return status, "\n".join(text[:TEXT_LINES] + more)
+
+
+def _json(v, indent: str = "") -> str:
+    """JSON a reader scans: a value on one line when it fits in 100 characters, else one item a line."""
+    import json
+
+    flat = json.dumps(v, ensure_ascii=False)
+    if len(indent) + len(flat) <= 100 or not isinstance(v, dict | list) or not v:
+        return flat
+    inner = indent + " "
+    if isinstance(v, dict):
+        items = [f"{inner}{json.dumps(k)}: {_json(x, inner)}" for k, x in v.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    return "[\n" + ",\n".join(f"{inner}{_json(x, inner)}" for x in v) + f"\n{indent}]"
+
+
+def _shorten(v):
+    if isinstance(v, list) and len(v) > LIST_ITEMS:
+        return [_shorten(x) for x in v[:LIST_ITEMS]] + [f"... {len(v) - LIST_ITEMS:,} more"]
+    if isinstance(v, list):
+        return [_shorten(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _shorten(x) for k, x in v.items()}
+    if isinstance(v, str) and len(v) > 160:
+        return v[:150] + f"... ({len(v):,} characters)"
+    return v
+
+
+def rerun_curl(page: Path, base_url: str) -> None:
+    text = page.read_text()
+    lines = text.split("\n")
+    for start, stop, command in reversed(curl_commands(text)):
+        _, shown = curl(command, base_url)
+        blank = [""] if stop < len(lines) and lines[stop].startswith("$ ") else []
+        lines[start + 1 : stop] = ([shown] if shown else []) + blank
+    page.write_text("\n".join(lines))
 
 
 # --- every `$ hmba-db ...` example of the README and docs/, re-run ---

@@ -1,4 +1,5 @@
-"""`hmba-db serve` started as a user starts it (a subprocess on a free port of 127.0.0.1), for the tests."""
+"""`hmba-db serve` started as a user starts it (a subprocess on a free port of 127.0.0.1), for the tests and
+the benchmarks, and called over HTTP."""
 
 from __future__ import annotations
 
