@@ -5,6 +5,7 @@ hostile input is one line, not a traceback."""
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def test_a_statement_that_ignores_the_interrupt_is_killed_at_the_deadline(tiny_s
     assert _children() == before
 
 
-def test_a_killed_child_is_replaced_and_the_next_statement_answers(tiny_store):
+def test_a_killed_child_is_replaced_and_the_next_statement_answers(tiny_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the children's spill folders go
     with Sandbox(tiny_store, workers=1) as sandbox:
         assert len(sandbox.run("select 1 as x").frame) == 1
         # A result cut at max_rows is closed: a half-read one would block the child's connection.
@@ -66,6 +68,8 @@ def test_a_killed_child_is_replaced_and_the_next_statement_answers(tiny_store):
             sandbox.run(SLOW_LISTS, timeout=0.5)
         result = sandbox.run("select species, count(*) as n from cells group by 1 order by 1")
         assert result.frame.n.sum() > 0
+        assert len(list(tmp_path.glob("hmba-db-sandbox-*"))) == 1  # the killed child's folder is gone
+    assert not list(tmp_path.glob("hmba-db-sandbox-*"))  # and the last one's with the sandbox
 
 
 def test_a_cancelled_statement_frees_its_child(tiny_store):

@@ -25,6 +25,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -385,6 +386,9 @@ class _Child:
 
     def __init__(self, config: dict):
         self.log = tempfile.TemporaryFile()  # the child's stderr, read only to say why it could not start
+        # The child's spill folder is ours: a child killed past its limits cannot remove it itself.
+        self.spill = tempfile.mkdtemp(prefix="hmba-db-sandbox-")
+        config = {**config, "spill": self.spill}
         req_r, req_w = os.pipe()
         ans_r, ans_w = os.pipe()
         self.proc = subprocess.Popen(
@@ -462,6 +466,7 @@ class _Child:
         except subprocess.TimeoutExpired:
             pass
         self.log.close()
+        shutil.rmtree(self.spill, ignore_errors=True)
 
 
 __all__ = ["CATALOG", "Sandbox", "UnsafeQuery", "SafeResult", "check_sql", "run_safe", "safe_connect"]

@@ -55,6 +55,7 @@ def main(fd_in: int, fd_out: int, config: dict) -> None:
             memory_limit=config["memory_limit"],
             threads=config["threads"],
             temp_limit=config["temp_limit"],
+            spill=config.get("spill"),
         )
     except Exception as e:  # noqa: BLE001 - told to the parent in one line, whatever it is
         answers.send_bytes(json.dumps({"ok": False, "kind": "error", "message": str(e)}).encode())
@@ -98,13 +99,18 @@ def safe_connect(
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     threads: int = DEFAULT_THREADS,
     temp_limit: str = DEFAULT_TEMP_LIMIT,
+    spill: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """A read-only catalog connection with DuckDB's own sandbox and resource limits on, and locked."""
+    """A read-only catalog connection with DuckDB's own sandbox and resource limits on, and locked.
+
+    `spill`: the folder DuckDB may spill to, which the caller removes; by default a new temporary folder,
+    removed when the connection is collected or the process exits normally."""
     store = Path(store).absolute()
     con = connect(store, private=True)  # an instance of its own: the locked settings stay here
     root = str(store.resolve())
-    spill = tempfile.mkdtemp(prefix="hmba-db-sandbox-")
-    weakref.finalize(con, shutil.rmtree, spill, True)
+    if spill is None:
+        spill = tempfile.mkdtemp(prefix="hmba-db-sandbox-")
+        weakref.finalize(con, shutil.rmtree, spill, True)
     try:
         con.execute("set memory_limit = ?", [memory_limit])
         con.execute("set threads = ?", [int(threads)])
