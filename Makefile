@@ -69,6 +69,19 @@ $(JAVA_STAMP): $(STAMP)
 	java -version 2>&1 | head -1
 	touch $(JAVA_STAMP)
 
+# Chromium for the explorer's browser tests (Playwright drives Debian's build; its own download is not
+# reachable here): Debian's chromium and chromium-driver when no Chromium is installed.
+CHROMIUM_STAMP := $(VENV)/.chromium
+
+$(CHROMIUM_STAMP): $(STAMP)
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing Chromium (Debian's chromium, chromium-driver) for the explorer's browser tests"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+	chromium --version 2>/dev/null | head -1
+	touch $(CHROMIUM_STAMP)
+
 # wrk (Debian's HTTP load generator) for the server's benchmark: 32 connections over a mix of requests.
 WRK_STAMP := $(VENV)/.wrk
 
@@ -89,23 +102,25 @@ demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer
 	$(BIN)/hmba-db query $(DATA)/demo-store markers --param level=Subclass --param "term=STR D1 MSN" \
 		--param n=10 --plot $(DATA)/demo-markers.png
 
-test: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
+test: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) $(CHROMIUM_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
 	$(BIN)/pytest -q
 
-bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) $(WRK_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, the server, then the slow tests
+bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) $(WRK_STAMP) $(CHROMIUM_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, the server and its page, then the slow tests
 	$(BIN)/python -m build_db.tools.bench --out $(DATA)/bench
 	$(BIN)/python -m build_db.tools.bench_remote $(DATA)/bench/store-0.01 --spark
 	$(BIN)/python -m build_db.tools.bench_serve $(DATA)/bench/store-0.1 --release $(DATA)/bench/release-0.1 \
 		--json $(DATA)/bench/serve-0.1.json
+	$(BIN)/python -m build_db.tools.bench_explorer $(DATA)/bench/store-0.1 --json $(DATA)/bench/explorer-0.1.json
 	$(BIN)/pytest -q -m slow
 
 # SPECIES given on the command line wins; otherwise Macaque (Human needs ~25 GB of release: check df -h).
 FULL_SPECIES := $(if $(filter command line,$(origin SPECIES)),$(SPECIES),Macaque)
 
-bench-full: $(STAMP) $(WRK_STAMP) ## one species at --scale 1 (Macaque, or SPECIES=Human): synth once (~22 min, 11.5 GB), build, query table, the server
+bench-full: $(STAMP) $(WRK_STAMP) $(CHROMIUM_STAMP) ## one species at --scale 1 (Macaque, or SPECIES=Human): synth once (~22 min, 11.5 GB), build, query table, the server and its page
 	$(BIN)/python -m build_db.tools.bench_full --out $(DATA)/bench-full --species $(FULL_SPECIES)
 	$(BIN)/python -m build_db.tools.bench_serve $(DATA)/bench-full/store --release $(DATA)/bench-full/release \
 		--json $(DATA)/bench-full/serve.json
+	$(BIN)/python -m build_db.tools.bench_explorer $(DATA)/bench-full/store --json $(DATA)/bench-full/explorer.json
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check build_db tests
@@ -127,7 +142,7 @@ db: $(STAMP) ## download SPECIES (default Marmoset) of the real release and buil
 	$(BIN)/hmba-db build $(DATA)/real-release $(DATA)/store --species $(SPECIES)
 	$(BIN)/hmba-db info $(DATA)/store
 
-docs: $(STAMP) ## regenerate the manual's generated parts (named-analysis examples from a demo-store run, the data dictionary)
+docs: $(STAMP) $(CHROMIUM_STAMP) ## regenerate the manual's generated parts (named-analysis examples, curl examples and the explorer's screenshots from the demo store, the data dictionary)
 	@test -f $(DATA)/demo-store/catalog.duckdb || { echo "no $(DATA)/demo-store: run make demo first"; exit 1; }
 	$(BIN)/python -m build_db.tools.docs $(DATA)/demo-store
 	$(BIN)/python -m build_db.store.schema --write docs/data-dictionary.md

@@ -43,6 +43,7 @@ PARAM_TYPES = {
     "genes": "gene symbols or identifiers, comma-separated",
     "gene": "one gene symbol or identifier",
     "term": "a taxonomy term of the query's level, by name or label",
+    "parent_term": "a taxonomy term of the level above the query's level, by name or label, or all",
     "int": "an integer",
     "float": "a number",
     "text": "text",
@@ -141,7 +142,14 @@ def parse_query_file(path: Path) -> NamedQuery:
                 path=path,
             )
         plot = Plot(kind, options)
-    example = dict(kv.split("=", 1) for kv in " ".join(header.get("example", [])).split())
+    try:
+        example = dict(kv.split("=", 1) for kv in shlex.split(" ".join(header.get("example", []))))
+    except ValueError:
+        raise HmbaError(
+            f"{where}bad '-- example:' line; write NAME=VALUE pairs, quoted where a value holds spaces "
+            "('term=STR D1 MSN')",
+            path=path,
+        ) from None
     q = NamedQuery(
         name,
         header["title"][0],
@@ -254,6 +262,18 @@ def _term(con, value: str, level: str | None, pname: str) -> str:
     raise HmbaError(
         f"--param {pname}={value}: no taxonomy term{scope} with that name or label{hint}", key=pname
     )
+
+
+def _parent_term(con, value: str, level: str | None, pname: str) -> str:
+    """`all`, or the label of a term of the level just above `level` (a drill-down's parent)."""
+    if value.strip().lower() == "all":
+        return "all"
+    if level is None or level == R.LEVELS[0]:
+        raise HmbaError(
+            f"--param {pname}={value}: no level lies above {level or 'this query'}; give {pname}=all",
+            key=pname,
+        )
+    return _term(con, value, R.LEVELS[R.LEVELS.index(level) - 1], pname)
 
 
 def _genes(con, tokens: list[str], species: list[str], pname: str, notes: list[str]) -> list[tuple]:
@@ -379,6 +399,8 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
             values[p.name] = str(v)
         elif p.type == "term":
             values[p.name] = _term(con, str(v), level, p.name)
+        elif p.type == "parent_term":
+            values[p.name] = _parent_term(con, str(v), level, p.name)
         elif p.type in GENE_TYPES:
             tokens = _split(v)
             if p.type == "gene" and len(tokens) != 1:

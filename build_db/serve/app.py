@@ -49,6 +49,7 @@ from ..access.sandbox import UnsafeQuery
 from ..access.taxonomy import list_terms, term_detail
 from ..errors import HmbaError
 from ..release import layout as R
+from ..store.paths import is_url
 from ..version import __version__
 from .snapshots import Busy, Stores
 
@@ -384,6 +385,9 @@ def create_app(config: ServeConfig) -> FastAPI:
             return json_body(
                 {
                     "status": "ok",
+                    # where the store is (its URL, or its absolute path on the server's machine): the
+                    # explorer's "copy as Python" snippets name it
+                    "store": config.store if is_url(config.store) else str(Path(config.store).resolve()),
                     "release": snap.info.get("release", ""),
                     "release_version": snap.info.get("release_version", ""),
                     "built_at": snap.info.get("built_at", ""),
@@ -405,7 +409,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     def named_route(q):
         async def endpoint(request: Request, **_declared):
-            fmt = _fmt(request)
+            fmt = _fmt(request, (*FORMATS, "sql"))
             given = {k: v for k, v in request.query_params.multi_items() if k != "format"}
             dup = [k for k in given if len(request.query_params.getlist(k)) > 1]
             if dup:
@@ -422,6 +426,8 @@ def create_app(config: ServeConfig) -> FastAPI:
             def make(snap, con):
                 t0 = time.perf_counter()
                 rendered = render(con, q, given)
+                if fmt == "sql":  # the SQL it would run, not run
+                    return (rendered.sql + ";\n").encode(), "text/plain; charset=utf-8"
                 df = execute(con, rendered)
                 elapsed = (time.perf_counter() - t0) * 1000
                 shown = {
@@ -455,7 +461,11 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "format",
                 inspect.Parameter.KEYWORD_ONLY,
                 annotation=str,
-                default=Query("json", pattern="^(json|csv|parquet)$", description="json, csv or parquet"),
+                default=Query(
+                    "json",
+                    pattern="^(json|csv|parquet|sql)$",
+                    description="json, csv or parquet; sql: the SQL it would run, not run",
+                ),
             )
         )
         endpoint.__signature__ = inspect.Signature(params)

@@ -107,11 +107,13 @@ def main(argv: list[str]) -> int:
         rerun(page, run)
         rerun_python(page, str(store.absolute()))
     from .served import Server
+    from .shots import take
 
     server = Server(store, "--log-level", "warning")
     try:
         for page in pages(root):
             rerun_curl(page, server.url)
+        take(server.url, root / "docs" / "img")  # the explorer's views, for docs/explorer.md
     finally:
         server.stop()
     return 0

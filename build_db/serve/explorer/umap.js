@@ -1,0 +1,122 @@
+// The UMAP of a species in WebGL (plotly's scattergl), coloured by a gene's log2(CPM+1) or by the terms of
+// a level in their own colours. All the species' cells up to the chosen number, else the server's fixed
+// sample (the same cells every time, as umap_by_gene gives), and the page says which. Hovering a cell shows
+// its five labels.
+import { api, csvText, esc, fillSelect, LEVELS, plotly, py } from "./common.js";
+
+const $ = (id) => document.getElementById(id);
+const PREFIX = Object.fromEntries(LEVELS.map((l) => [l, l.toLowerCase()]));
+let wired = false;
+let shown = null; // the drawn answer, for hover and the CSV
+let lastKey = null;
+
+function wire(page) {
+  if (wired) return;
+  wired = true;
+  $("um-species").addEventListener("change", (e) => page.set({ species: e.target.value }));
+  $("um-color").addEventListener("change", (e) => {
+    const [kind, what] = e.target.value.split(":");
+    page.set(kind === "gene" ? { color: "gene", gene: what } : { color: what });
+  });
+  $("um-points").addEventListener("change", (e) => page.set({ points: e.target.value }));
+}
+
+function hover(ev) {
+  const i = ev.points?.[0]?.pointIndex;
+  if (!shown || i === undefined) return;
+  const code = shown.cluster[i];
+  const path = code >= 0 ? shown.clusters[code] : null;
+  const lines = path
+    ? LEVELS.map((l) => `<div><span class="swatch" style="background:${esc(path[`${PREFIX[l]}_color`])}"></span>${l}: <b>${esc(path[PREFIX[l]])}</b></div>`)
+    : ["<div>no cluster</div>"];
+  if (shown.value) lines.push(`<div>${esc(shown.gene.gene_symbol)}: log2(CPM+1) <b>${shown.value[i].toFixed(3)}</b></div>`);
+  $("um-hover").innerHTML = lines.join("");
+}
+
+export async function render(page, ticket) {
+  wire(page);
+  const s = page.state;
+  const species = fillSelect($("um-species"), page.species.map((x) => [x, x]), page.oneSpecies());
+  const choices = [...s.genes.map((g) => [`gene:${g}`, `gene ${g}`]), ...LEVELS.map((l) => [`level:${l}`, `${l} (colours of the taxonomy)`])];
+  const wanted = LEVELS.includes(s.color) ? `level:${s.color}` : `gene:${s.gene || s.genes[0]}`;
+  const [kind, what] = fillSelect($("um-color"), choices, choices.some(([v]) => v === wanted) ? wanted : choices[0][0]).split(":");
+  const gene = kind === "gene" ? what : null;
+  const offered = [["300000", "all, up to 300,000"], ["100000", "100,000"], ["1000000", "up to 1,000,000 (slow)"]];
+  if (/^\d+$/.test(s.points) && !offered.some(([v]) => v === s.points)) offered.push([s.points, `up to ${(+s.points).toLocaleString("en")}`]);
+  const points = fillSelect($("um-points"), offered, s.points);
+  const params = { species, max_points: points, ...(gene ? { gene } : {}) };
+  const key = JSON.stringify(params);
+  copies(page, species, gene, kind === "level" ? what : null, points);
+  page.setDownload({
+    make: () => shown && toCsv(shown),
+    filename: `umap-${species}${gene ? "-" + gene : ""}.csv`,
+  });
+  let answer = shown;
+  if (key !== lastKey) {
+    $("um-note").textContent = "loading…";
+    try {
+      [answer] = await Promise.all([api("/umap", params), plotly()]);
+    } catch (e) {
+      if (page.current(ticket)) { $("um-error").textContent = e.message; $("um-note").textContent = ""; }
+      return;
+    }
+    if (!page.current(ticket)) return;
+  }
+  $("um-error").textContent = "";
+  $("um-note").textContent = answer.sampled
+    ? `Showing a fixed sample of ${answer.n_points.toLocaleString("en")} of the ${answer.n_cells.toLocaleString("en")} ${species} cells with UMAP coordinates (the same cells every time; choose more points to see more).`
+    : `Showing all ${answer.n_points.toLocaleString("en")} ${species} cells with UMAP coordinates.`;
+  await draw(answer, kind === "level" ? what : null);
+  shown = answer;
+  lastKey = key;
+}
+
+async function draw(u, level) {
+  const el = $("umap");
+  const n = u.x.length;
+  const marker = { size: n > 100000 ? 2 : n > 20000 ? 3 : 5, opacity: 0.8 };
+  if (level) {
+    const colors = u.clusters.map((c) => c[`${PREFIX[level]}_color`] || "#999");
+    marker.color = u.cluster.map((k) => (k >= 0 ? colors[k] : "#ccc"));
+  } else {
+    marker.color = u.value;
+    marker.colorscale = "Viridis";
+    marker.cmin = 0;
+    marker.showscale = true;
+    marker.colorbar = { title: { text: `${u.gene.gene_symbol}<br>log2(CPM+1)` }, thickness: 12 };
+  }
+  await Plotly.react(el, [{ type: "scattergl", mode: "markers", x: u.x, y: u.y, marker, hoverinfo: "none" }], {
+    height: 620, margin: { l: 40, r: 10, t: 30, b: 40 }, hovermode: "closest", dragmode: "pan",
+    title: { text: level ? `${u.species}, coloured by ${level}` : `${u.species}, ${u.gene.gene_symbol}`, font: { size: 14 } },
+    xaxis: { title: { text: "UMAP 1" }, zeroline: false }, yaxis: { title: { text: "UMAP 2" }, zeroline: false, scaleanchor: "x" },
+  }, { responsive: true, displaylogo: false, scrollZoom: true });
+  if (!el.dataset.wired) {
+    el.dataset.wired = "1";
+    el.on("plotly_hover", hover);
+  }
+  Object.assign(el.dataset, { nPoints: n, nCells: u.n_cells, sampled: u.sampled, drawnMs: Math.round(performance.now()) });
+}
+
+function toCsv(u) {
+  const columns = ["x", "y", ...LEVELS.map((l) => PREFIX[l]), ...(u.value ? [`${u.gene.gene_symbol}_log2_cpm`] : [])];
+  const rows = u.x.map((x, i) => {
+    const path = u.cluster[i] >= 0 ? u.clusters[u.cluster[i]] : {};
+    return [x, u.y[i], ...LEVELS.map((l) => path[PREFIX[l]] ?? ""), ...(u.value ? [u.value[i]] : [])];
+  });
+  return csvText(columns, rows);
+}
+
+function copies(page, species, gene, level, points) {
+  if (gene) {
+    page.setCopies(page.namedCopies("umap_by_gene", { species, gene, max_cells: points }, ""));
+    return;
+  }
+  const p = PREFIX[level];
+  const sql = `select x, y, ${p}_name, ${p}_color\nfrom cells\nwhere species = '${species}' and x is not null\n` +
+    `order by (cell_index * 2654435761) % 4294967296\nlimit ${points};\n`;
+  page.setCopies({
+    python: `import build_db\n\ncon = build_db.connect(${py(page.health.store)})\nframe = con.execute(${JSON.stringify(sql.trim().replace(/;$/, ""))}).df()\n`,
+    sql,
+    cli: `hmba-db sql ${page.health.store} "${sql.trim().replace(/;$/, "").replace(/\n/g, " ")}"`,
+  });
+}
