@@ -88,6 +88,14 @@ class _Group(click.Group):
             raise click.ClickException(
                 "out of memory; ask for less at once (a LIMIT, fewer genes or cells, --format csv)"
             ) from e
+        except (KeyboardInterrupt, RuntimeError) as e:
+            # Ctrl-C: Python's KeyboardInterrupt, or DuckDB's "Query interrupted" when it came mid-query
+            if isinstance(e, RuntimeError) and "interrupted" not in str(e).lower():
+                raise
+            raise click.ClickException(
+                "interrupted; run the same command again to go on (a build or download resumes where it "
+                "stopped, and publishes nothing half-written)"
+            ) from None
         except Exception as e:
             if type(e).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
                 raise
@@ -387,6 +395,7 @@ def verify(store, species):
 
         hmba-db verify data/store
     """
+    from .progress import plural
     from .store.paths import files_root
     from .store.verify import verify_store
 
@@ -401,8 +410,8 @@ def verify(store, species):
         if species and sp not in (_species(species) or ()):
             continue
         click.echo(
-            f"OK: {sp}: {meta['nnz']:,} non-zeros in {meta['buckets']} gene buckets and "
-            f"{meta.get('cell_buckets', 0)} cell bucket{'' if meta.get('cell_buckets', 0) == 1 else 's'}, "
+            f"OK: {sp}: {meta['nnz']:,} non-zeros in {plural(meta['buckets'], 'gene bucket')} and "
+            f"{plural(meta.get('cell_buckets', 0), 'cell bucket')}, "
             f"{meta['cells']:,} cells, "
             f"sum {meta['sum']:,}: counts, checksums and per-cell totals reconcile"
             + ("; statistics additive and recomputed" if (files_root(store) / "aggregates").exists() else "")
@@ -573,7 +582,8 @@ def info(store):
             f"{sp['not_in_cell_metadata']:<21,} {sp['genes']:<8,} {sp['nnz']:<14,} {sp['gene_buckets']}"
         )
     for rel, src in info["sources"].items():
-        click.echo(f"source    {rel} md5 {src['md5']}")
+        how = {"hashed": " (the file's, hashed by the build)", "trusted": " (download's record, unchanged)"}
+        click.echo(f"source    {rel} md5 {src['md5']}{how.get(src.get('md5_checked'), '')}")
     licence = info["licence"]
     if licence.get("data_licence"):
         click.echo(
@@ -591,7 +601,7 @@ def relocate(store):
 
     Example:
 
-        mv data/store /srv/hmba && hmba-db relocate /srv/hmba/store
+        mkdir -p /srv/hmba && mv data/store /srv/hmba/ && hmba-db relocate /srv/hmba/store
     """
     from .store.catalog import relocate as run
 
@@ -789,7 +799,8 @@ def export() -> None:
     help="Instead: this many marker genes per parent node, taken in turn from its children's rankings "
     "(e.g. 1000 for a list as long as cell_type_mapper's own; docs/python.md says when).",
 )
-def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, markers_per_node):
+@click.option("--force", is_flag=True, help="Replace a reference already in OUT (never other files).")
+def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, markers_per_node, force):
     """Write a MapMyCells reference for one species: OUT/precomputed_stats.h5 and OUT/query_markers.json.
 
     Without --cells the sums come from the store's statistics (seconds); with --cells they are summed from
@@ -813,6 +824,7 @@ def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, 
         min_cells=min_cells,
         markers_per_child=markers_per_child,
         markers_per_node=markers_per_node,
+        force=force,
     )
     click.echo(
         f"{ref.stats}: {len(ref.clusters):,} clusters x {len(ref.genes):,} genes, {int(ref.n_cells.sum()):,} "

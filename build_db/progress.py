@@ -14,6 +14,11 @@ from multiprocessing.managers import SyncManager
 from tqdm import tqdm
 
 
+def plural(n: int, word: str) -> str:
+    """'1 cell bucket', '3 cell buckets', '12,148 non-zeros'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 class Reporter:
     """Step logging (`step [n of N] ...`) and progress bars for one long operation."""
 
@@ -86,14 +91,18 @@ def _drain(q, bar) -> None:
 
 
 def die_with_parent() -> None:
-    """Linux: have the kernel kill this process when its parent dies.
+    """Linux: have the kernel kill this process when its parent dies; leave Ctrl-C to the parent.
 
     The fork server (see `_forkserver.py`), its pool workers and the queue's manager call it: without it
-    they lived on after a `kill -9` of the build, ~930 MB after a killed full-scale build.
+    they lived on after a `kill -9` of the build, ~930 MB after a killed full-scale build. Ctrl-C in a
+    terminal reaches every process of the group: the workers printed a traceback each (~40 lines) while
+    the parent, which stops them, printed its one line.
     """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1

@@ -62,7 +62,7 @@ def test_wrong_md5_only_with_md5(release_copy):
     path.write_bytes(bytes(data))
     assert messages(release_copy) == []
     (msg,) = messages(release_copy, md5=True)
-    assert msg.startswith(R.TERM.relative_path() + ": md5 differs from the manifest's")
+    assert msg.startswith(R.TERM.relative_path() + ": md5 ") and "differs from the manifest's" in msg
 
 
 def test_missing_column(release_copy):
@@ -207,3 +207,52 @@ def test_files_are_found_where_the_manifest_says(release_copy):
     assert messages(release_copy) == []
     store = build(release_copy, release_copy.parent / "store", species=("Marmoset",), quiet=True).store
     assert (store / "catalog.duckdb").exists()
+
+
+@pytest.mark.parametrize("axis", ["obs", "var"])
+def test_a_label_given_twice_is_refused(release_copy, axis):
+    """Two rows with one cell label (or two columns with one gene identifier) built silently before."""
+    import anndata as ad
+
+    path = release_copy / RAW
+    a = ad.read_h5ad(path)
+    names = list(getattr(a, f"{axis}_names"))
+    names[3] = names[2]
+    setattr(a, f"{axis}_names", names)
+    a.write_h5ad(path)
+    restamp(release_copy, RAW)
+    msgs = messages(release_copy, species=("Human",))
+    what = "cell label" if axis == "obs" else "gene identifier"
+    assert any(m.startswith(f"{RAW}: {axis} holds the {what} {names[2]!r} more than once") for m in msgs), (
+        msgs
+    )
+
+
+def test_an_empty_matrix_is_refused_by_check(release_copy):
+    import anndata as ad
+
+    path = release_copy / RAW
+    a = ad.read_h5ad(path)
+    a[:0].copy().write_h5ad(path)
+    restamp(release_copy, RAW)
+    msgs = messages(release_copy, species=("Human",), parts=("raw",))
+    assert any("holds 0 cells x 400 genes and 0 non-zeros: nothing to build" in m for m in msgs), msgs
+
+
+def test_a_byte_order_mark_is_named(release_copy):
+    rel = R.DONOR.relative_path()
+    path = release_copy / rel
+    path.write_bytes("\ufeff".encode() + path.read_bytes())
+    restamp(release_copy, rel)
+    (msg,) = messages(release_copy)
+    assert msg.startswith(f"{rel}: the header starts with a byte-order mark") and "plain UTF-8" in msg
+
+
+def test_a_species_the_manifest_lacks_is_said_once(release_copy):
+    from .conftest import remanifest
+
+    for path in release_copy.rglob("*Marmoset*.h5ad"):
+        path.unlink()
+    remanifest(release_copy)
+    (msg,) = messages(release_copy, species=("Marmoset",))
+    assert "lists no Marmoset matrix (it has Human, Macaque); leave Marmoset out of --species" in msg

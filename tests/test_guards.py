@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import namedtuple
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 from build_db.cli import main
 from build_db.errors import HmbaError
+from build_db.release import layout as R
 from build_db.release.synth import synth
 from build_db.store import guard
 from build_db.store.build import build
@@ -55,6 +57,18 @@ def test_a_second_build_says_who_holds_the_lock(tiny_release, tmp_path):
     (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert f"another build holds its lock (pid {os.getpid()} on " in line and "wait for it" in line
     assert not store.exists()
+
+
+def test_the_lock_holds_through_a_symlink(tiny_release, tmp_path):
+    """A build through a symlink and one through its target reached one store at once before."""
+    real = tmp_path / "real-store"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with guard.build_lock(tmp_path / "link"):
+        with pytest.raises(HmbaError, match="another build holds its lock"):
+            build(tiny_release, real, species=MARMOSET, quiet=True)
+        with pytest.raises(HmbaError, match="another build holds its lock"):
+            build(tiny_release, tmp_path / "sub" / ".." / "link", species=MARMOSET, quiet=True)
 
 
 def test_the_lock_dies_with_its_holder(tmp_path):
@@ -123,7 +137,8 @@ def test_bad_targets_and_options_are_one_line(tiny_release, tmp_path, monkeypatc
 def test_disk_space_is_checked_before_long_work(tiny_release, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(guard.shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 10**6, 10**6))
-    with pytest.raises(HmbaError, match=r"needs ~0\.\d GB of staging space .* 0\.0 GB is free"):
+    said = r"needs ~\d+ MB of staging space \(6 bytes per non-zero .* plus a 1\.1 GB margin, but 1 MB is free"
+    with pytest.raises(HmbaError, match=said):
         build(tiny_release, tmp_path / "store", species=MARMOSET, quiet=True)
     assert not (tmp_path / "store").exists()
 
@@ -415,3 +430,37 @@ def test_explicit_zeros_are_dropped_and_counted(release_copy, tmp_path):
 def test_a_store_in_folders_that_do_not_exist_yet(tiny_release, tmp_path):
     store = build(tiny_release, tmp_path / "a" / "b" / "store", species=MARMOSET, quiet=True).store
     assert (store / "catalog.duckdb").exists() and _species(store) == {"Marmoset"}
+
+
+def test_a_flipped_byte_in_an_h5ad_stops_the_build(release_copy, tmp_path):
+    """Same size, one byte changed: the build hashes every file download or synth did not vouch for, so
+    it refuses before transposing anything (it built with exit 0 and a corrupt cell label before)."""
+    raw = R.matrix_path("Marmoset", "raw")
+    path = release_copy / raw
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    r = CliRunner().invoke(
+        main, ["build", str(release_copy), str(tmp_path / "store"), "--species", "Marmoset"]
+    )
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"{raw}: md5 " in r.output and "differs from the manifest's" in r.output, r.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_files_synth_recorded_are_trusted_not_hashed(tiny_release, tmp_path):
+    r = CliRunner().invoke(
+        main, ["build", str(tiny_release), str(tmp_path / "store"), "--species", "Marmoset"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "md5: 0 file(s) hashed against the manifest" in r.output
+    assert "trusted as download or synth recorded them" in r.output
+
+
+def test_a_read_only_store_is_said_before_the_build(tiny_release, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    (store / "snapshots").mkdir(parents=True)
+    real = guard.os.access
+    monkeypatch.setattr(guard.os, "access", lambda p, mode: real(p, mode) and Path(p) != store / "snapshots")
+    with pytest.raises(HmbaError, match=r"snapshots: not writable, so a build cannot publish into it"):
+        build(tiny_release, store, species=MARMOSET, quiet=True, force=True)

@@ -257,3 +257,32 @@ def test_min_cells_and_bad_input(tiny_store, tmp_path):
     )
     r = runner.invoke(main, [*base, "--species", "human"])
     assert r.exit_code == 0 and "clusters x 400 genes" in r.output and "from the statistics" in r.output
+
+
+def test_an_existing_reference_is_replaced_only_with_force(tiny_store, tmp_path):
+    """An export into a folder that holds a reference refused without --force (it overwrote it before);
+    a folder holding anything else is never written into; a failed export leaves the old reference whole."""
+    out = tmp_path / "ref"
+    first = export_mapmycells(tiny_store, out, "Marmoset")
+    before = (out / first.stats.name).read_bytes()
+    runner = CliRunner()
+    base = ["export", "mapmycells", str(tiny_store), str(out), "--species", "Marmoset", "--min-cells", "3"]
+    r = runner.invoke(main, base)
+    assert r.exit_code == 1 and "holds a reference already" in r.output and "--force" in r.output
+    assert (out / first.stats.name).read_bytes() == before
+    r = runner.invoke(main, [*base[:-2], "--species", "Dog", "--force"])
+    assert r.exit_code == 1 and (out / first.stats.name).read_bytes() == before  # failed: old one kept
+    r = runner.invoke(main, [*base, "--force"])
+    assert r.exit_code == 0, r.output
+    assert (out / first.stats.name).read_bytes() != before and sorted(
+        p.name for p in out.iterdir()
+    ) == sorted([first.stats.name, first.markers.name])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "lab-notes.txt").write_text("keep me")
+    r = runner.invoke(
+        main, ["export", "mapmycells", str(tiny_store), str(mine), "--species", "Marmoset", "--force"]
+    )
+    assert r.exit_code == 1 and "lab-notes.txt, which are not a reference of ours" in r.output
+    assert (mine / "lab-notes.txt").read_text() == "keep me"

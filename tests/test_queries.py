@@ -11,6 +11,7 @@ import pytest
 import sqlglot
 from click.testing import CliRunner
 
+import build_db
 from build_db import analyses, connect, list_queries, run_query
 from build_db.access.plots import draw
 from build_db.access.queries import QUERIES_DIR, get_query, parse_query_file, render
@@ -290,3 +291,73 @@ def test_symbols_ignore_case_and_one_gene_may_be_a_string(tiny_store):
     upper = run_query(con, "gene_set_by_level", genes="PLP1,DRD2", level="Class", species="Human")
     lower = run_query(con, "gene_set_by_level", genes="plp1,Drd2", level="Class", species="Human")
     pd.testing.assert_frame_equal(upper, lower)
+
+
+def test_species_and_levels_ignore_case_in_python_too(tiny_store):
+    """`mean_expression(con, "human", level="subclass")` failed where the CLI took any case."""
+    from build_db.analyses import mean_expression
+
+    con = connect(tiny_store)
+    exact = mean_expression(con, "Human", ["DRD1"], "Subclass")
+    assert mean_expression(con, "human", ["DRD1"], level="subclass").equals(exact)
+    with pytest.raises(HmbaError, match=r"species=Mouse: unknown species; choose from Human, Macaque"):
+        mean_expression(con, "Mouse", ["DRD1"])
+    with pytest.raises(HmbaError, match=r"level=Grop: unknown taxonomy level; choose from Neighborhood"):
+        mean_expression(con, "Human", ["DRD1"], level="Grop")
+    assert build_db.to_anndata(con, "marmoset", genes=["PLP1"]).n_vars == 1
+
+
+def test_dotplot_within_one_term_is_its_children(con):
+    """The drill-down: within a Subclass, the Group level's terms are its children, scaled among them."""
+    whole = run_query(con, "dotplot", species="Human", genes="DRD1,PLP1", level="Group")
+    inside = run_query(con, "dotplot", species="Human", genes="DRD1,PLP1", level="Group", within="STR D1 MSN")
+    children = {
+        r[0]
+        for r in con.execute(
+            "select term_name from taxonomy_terms where level = 'Group' and parent_term_name = 'STR D1 MSN'"
+        ).fetchall()
+    }
+    assert 0 < len(set(inside.term_name)) and set(inside.term_name) <= children
+    assert set(inside.term_name) == children & set(whole.term_name)
+    cols = ["term_name", "gene_symbol", "mean_log2_cpm", "fraction_expressing", "n_cells"]
+    kept = whole[whole.term_name.isin(children)][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(inside[cols].reset_index(drop=True), kept)
+    assert inside.groupby("gene_symbol").scaled_mean.max().max() == 1.0  # scaled among the shown terms
+    with pytest.raises(HmbaError, match=r"--param within=Oligo OPALIN: no taxonomy term at level Subclass"):
+        run_query(con, "dotplot", level="Group", within="Oligo OPALIN")  # a Group, not a Subclass
+    with pytest.raises(HmbaError, match=r"no level lies above Neighborhood; give within=all"):
+        run_query(con, "dotplot", level="Neighborhood", within="Astrocyte")
+
+
+def test_gene_in_term_equals_the_cells_rows(con):
+    """Per region and donor, from the Group statistics (a Class) and from the gene's rows (a Cluster), each
+    equal to the mean over the term's cells computed here from expression and cells."""
+    cluster = con.execute(
+        "select cluster_label from cells where species = 'Human' and class_name = 'OPC-Oligo' "
+        "group by 1 order by count(*) desc limit 1"
+    ).fetchall()[0][0]
+    for level, term, column in (("Class", "OPC-Oligo", "class_name"), ("Cluster", cluster, "cluster_label")):
+        got = run_query(con, "gene_in_term", species="Human", gene="PLP1", level=level, term=term)
+        want = con.execute(
+            f"""
+            select 'region' as dimension, c.region_of_interest_label as label, count(*) as n_cells,
+                sum(coalesce(e.log2_cpm, 0)) / count(*) as mean, count(e.cell_index) / count(*) as fraction
+            from cells c left join (select cell_index, log2_cpm from expression e join genes g
+                using (species, gene_index) where e.species = 'Human' and g.gene_symbol = 'PLP1') e
+                using (cell_index)
+            where c.species = 'Human' and c.{column} = ? group by all
+            union all
+            select 'donor', c.donor_label, count(*), sum(coalesce(e.log2_cpm, 0)) / count(*),
+                count(e.cell_index) / count(*)
+            from cells c left join (select cell_index, log2_cpm from expression e join genes g
+                using (species, gene_index) where e.species = 'Human' and g.gene_symbol = 'PLP1') e
+                using (cell_index)
+            where c.species = 'Human' and c.{column} = ? group by all
+            """,
+            [term, term],
+        ).df()
+        merged = got.merge(want, on=["dimension", "label"], suffixes=("", "_want"))
+        assert len(merged) == len(got) == len(want) > 0
+        assert (merged.n_cells == merged.n_cells_want).all()
+        np.testing.assert_allclose(merged.mean_log2_cpm, merged["mean"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(merged.fraction_expressing, merged.fraction, rtol=1e-12)

@@ -12,7 +12,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from ..errors import HmbaError
 from ..release import layout as R
 from ..release.normalise import log2_cpm
 from ..store import schema as S
@@ -91,8 +90,7 @@ def mean_expression(
     Example:
         >>> mean_expression(connect("data/demo-store"), "Human", ["DRD1", "DRD2"], "Group")  # doctest: +SKIP
     """
-    if level not in R.LEVELS:
-        raise HmbaError(f"unknown taxonomy level {level!r}; choose from {', '.join(R.LEVELS)}")
+    species, level = R.species_named(species), R.level_named(level)
     genes = resolve_genes(con, species, symbols)
     cells = _cell_terms(con, species, level)
     rows = gene_rows(con, species, genes)

@@ -251,8 +251,7 @@ def estimate_nnz(
 ) -> tuple[int, int, int]:
     """(cells, genes, non-zeros) of a to_anndata selection, counted before reading it: the cells' genes
     detected for all genes, the genes' stored rows among those cells otherwise (their row groups only)."""
-    if species not in R.SPECIES:
-        raise HmbaError(f"unknown species {species!r}; choose from {', '.join(R.SPECIES)}", key="species")
+    species = R.species_named(species)
     where = f" and {cells_condition(con, cells)}" if cells else ""
     ((n_cells, detected),) = con.execute(
         f"select count(*), coalesce(sum(genes_detected), 0) from cells where species = ?{where}", [species]
@@ -294,8 +293,7 @@ def to_anndata(
     import anndata
 
     con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
-    if species not in R.SPECIES:
-        raise HmbaError(f"unknown species {species!r}; choose from {', '.join(R.SPECIES)}", key="species")
+    species = R.species_named(species)
     obs = _cells(con, species, cells)
     var = _genes(con, species, genes)
     n_species_cells = con.execute("select count(*) from cell_totals where species = ?", [species]).fetchall()[

@@ -31,8 +31,7 @@ def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[st
         >>> resolve_genes(connect("data/demo-store"), "Human", ["DRD1"])  # doctest: +SKIP
         [GeneMatch(symbol='DRD1', gene_index=3201, gene_bucket=3, gene_identifier='ENSG...', n_identifiers=1)]
     """
-    if species not in R.SPECIES:
-        raise HmbaError(f"unknown species {species!r}; choose from {', '.join(R.SPECIES)}")
+    species = R.species_named(species)
     if isinstance(symbols, str):  # one gene given as a string, not its letters
         symbols = [symbols]
     find = symbol_finder(con, species)

@@ -12,6 +12,8 @@ above 0 CPM, above 1 CPM, at least 1 CPM). Our statistics hold exactly these fie
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +73,13 @@ def export_mapmycells(
     min_cells: int = 1,
     markers_per_child: int = MARKERS_PER_CHILD,
     markers_per_node: int | None = None,
+    force: bool = False,
 ) -> Reference:
     """Write `OUT/precomputed_stats.h5` and `OUT/query_markers.json` for one species.
+
+    OUT must be new or empty; `force` replaces a reference there (a folder holding only those two files).
+    The files are written into a temporary folder beside OUT and renamed into place, so a failed export
+    leaves what was there.
 
     `cells` is a SQL condition on the `cells` table (e.g. "region_of_interest_label = 'PuR'"): the sums are
     then taken from the expression store for those cells only. Clusters with fewer than `min_cells` (selected)
@@ -83,6 +90,8 @@ def export_mapmycells(
     Example:
         >>> export_mapmycells("data/store", "ref", "Human", cells="donor_sex = 'Male'")  # doctest: +SKIP
     """
+    out = Path(out)
+    _check_out(out, force)
     con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
     species = _species(con, species)
     if min_cells < 1:
@@ -125,18 +134,54 @@ def export_mapmycells(
         "n_clusters": len(clusters),
         "n_cells": int(n_cells.sum()),
     }
-    out = Path(out)
+    markers = query_markers(tree, row_of, genes, n_cells, arrays, markers_per_child, markers_per_node)
+    tmp = out.parent / f".{out.name}.writing-{os.getpid()}"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        stats_path = _write_h5(out / STATS_FILE, info, row_of, genes, tree, n_cells, arrays)
-        markers = query_markers(tree, row_of, genes, n_cells, arrays, markers_per_child, markers_per_node)
-        markers_path = out / MARKERS_FILE
-        write_atomic(markers_path, json.dumps(markers, indent=1) + "\n")
+        tmp.mkdir(parents=True, exist_ok=True)
+        _write_h5(tmp / STATS_FILE, info, row_of, genes, tree, n_cells, arrays)
+        write_atomic(tmp / MARKERS_FILE, json.dumps(markers, indent=1) + "\n")
+        _put_in_place(tmp, out)
     except OSError as e:
         raise HmbaError(
             f"{out}: cannot write the reference there ({e.strerror}); choose another folder"
         ) from e
-    return Reference(stats_path, markers_path, species, clusters, genes, n_cells, info["source"], markers)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Reference(
+        out / STATS_FILE, out / MARKERS_FILE, species, clusters, genes, n_cells, info["source"], markers
+    )
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """OUT new or empty; with `force`, a reference of ours (nothing else in it, which is never deleted)."""
+    if out.exists() and not out.is_dir():
+        raise HmbaError(f"{out}: a file is there, not a folder; choose a folder for the reference")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not held:
+        return
+    others = [n for n in held if n not in (STATS_FILE, MARKERS_FILE)]
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise HmbaError(
+            f"{out}: holds {shown}, which are not a reference of ours; choose a new or empty folder"
+        )
+    if not force:
+        raise HmbaError(f"{out}: holds a reference already ({', '.join(held)}); pass --force to replace it")
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Rename the written folder to OUT, the old reference (if any) out of the way first, then removed."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)  # put the old one back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _species(con, species: str) -> str:

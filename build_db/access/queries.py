@@ -230,11 +230,7 @@ def _built_species(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def _one_species(value: str, built: list[str], pname: str) -> str:
-    match = {s.lower(): s for s in R.SPECIES}.get(value.strip().lower())
-    if match is None:
-        raise HmbaError(
-            f"--param {pname}={value}: unknown species; choose from {', '.join(R.SPECIES)}", key=pname
-        )
+    match = R.species_named(value, f"--param {pname}")
     if match not in built:
         raise HmbaError(
             f"--param {pname}={value}: {match} is not in this store (built: {', '.join(built)}); "
@@ -374,13 +370,7 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
             values[p.name] = chosen
             scope = chosen
         elif p.type == "level":
-            match = {lv.lower(): lv for lv in R.LEVELS}.get(str(v).strip().lower())
-            if match is None:
-                raise HmbaError(
-                    f"--param {p.name}={v}: unknown taxonomy level; choose from {', '.join(R.LEVELS)}",
-                    key=p.name,
-                )
-            values[p.name] = level = match
+            values[p.name] = level = R.level_named(v, f"--param {p.name}")
     selected: list[tuple] = []
     for p in query.params:
         v = raw[p.name]

@@ -14,12 +14,7 @@ from ..store import schema as S
 
 def level_of(value: str) -> str:
     """A taxonomy level by name, ignoring case."""
-    match = {lv.lower(): lv for lv in R.LEVELS}.get(str(value).strip().lower())
-    if match is None:
-        raise HmbaError(
-            f"level={value}: unknown taxonomy level; choose from {', '.join(R.LEVELS)}", key="level"
-        )
-    return match
+    return R.level_named(value)
 
 
 def _counts(con: duckdb.DuckDBPyConnection, species: list[str], level: str | None = None) -> dict:

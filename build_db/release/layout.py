@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import HmbaError
+
 VERSION = "20250630"
 BUCKET = "allen-brain-cell-atlas"
 BUCKET_URL = f"https://{BUCKET}.s3.us-west-2.amazonaws.com/"
@@ -346,3 +348,24 @@ def csvs_for(species: tuple[str, ...] | list[str], parts: tuple[str, ...] | list
 
 def local(release: Path, relative_path: str) -> Path:
     return Path(release) / relative_path
+
+
+def _named(value, choices: tuple[str, ...], kind: str, what: str) -> str:
+    match = {c.lower(): c for c in choices}.get(str(value).strip().lower())
+    if match is None:
+        raise HmbaError(
+            f"{what}={value}: unknown {kind}; choose from {', '.join(choices)}", key=what.split()[-1]
+        )
+    return match
+
+
+def species_named(value, what: str = "species") -> str:
+    """A species by name in any case ('human' -> 'Human'), as the CLI takes it; one line naming the
+    choices otherwise. `what` is how the caller names the parameter in that line."""
+    return _named(value, SPECIES, "species", what)
+
+
+def level_named(value, what: str = "level") -> str:
+    """A taxonomy level by name in any case ('subclass' -> 'Subclass'); one line naming the choices
+    otherwise."""
+    return _named(value, LEVELS, "taxonomy level", what)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..errors import HmbaError, ReleaseError
 from ..files import save_json
-from ..progress import Reporter, run_pool, worker_pool
+from ..progress import Reporter, plural, run_pool, worker_pool
 from ..release import layout as R
 from ..release.check import check_release
 from ..release.h5ad import CsrReader
@@ -43,7 +43,7 @@ from .paths import (
     staging_dir,
 )
 from .stats import BATCH_ROWS as STATS_BATCH_ROWS
-from .stats import STATS_WORK, Groups, bucket_stats, merge_stats, plan_groups
+from .stats import STATS_WORK, Groups, bucket_stats, merge_stats, parts_written, plan_groups
 from .transpose import (
     BUCKET_TARGET_NNZ,
     MAX_BUCKET_GENES,
@@ -142,8 +142,13 @@ def _build(
     parts = ("raw", "metadata", "taxonomy") + (("log2",) if all(has_log2.values()) else ())
     rep.steps = 6 + 2 * len(species)
     rep.step(f"check the release ({', '.join(species)})")
+    # Every source file's md5 against the manifest before anything is transposed (a flipped byte in an h5ad
+    # built silently before), but for the files download or synth recorded as verified, unchanged since.
     report = check_metadata(
-        check_release(release, species=species, parts=parts, version=version, keep_cells=True), version
+        check_release(
+            release, species=species, parts=parts, version=version, keep_cells=True, md5="untrusted"
+        ),
+        version,
     )
     if not report.ok:
         first = report.problems[0]
@@ -221,7 +226,10 @@ def _build(
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "release": str(release),
         "release_version": version,
-        "sources": params["sources"],
+        # each source's md5 (the manifest's), and how the build found the file's to be it
+        "sources": {
+            rel: {**v, "md5_checked": report.md5_checked.get(rel)} for rel, v in params["sources"].items()
+        },
         "parameters": {
             "bucket_nnz": bucket_nnz,
             "bucket_genes": bucket_genes,
@@ -250,8 +258,6 @@ def _build(
     # Where the time went, for `make bench-full` and anyone tuning a build (the publish step is not in it).
     info["step_seconds"] = rep.step_seconds()[:-1]
     save_json(staging / "build.json", info)
-    shutil.rmtree(staging / "_scatter", ignore_errors=True)
-    (staging / "state.json").unlink(missing_ok=True)
     _publish(staging, store, build_id, keep_old)
     if not bound:
         relocate(store)
@@ -400,7 +406,7 @@ def _build_species(
 
     rep.step(
         f"{species}: scatter {shape[0]:,} cells x {shape[1]:,} genes, {nnz:,} non-zeros "
-        f"into {plan.n_buckets} gene buckets and {cells.n_buckets} cell buckets"
+        f"into {plural(plan.n_buckets, 'gene bucket')} and {plural(cells.n_buckets, 'cell bucket')}"
     )
     todo = {
         t: (_scatter_job, (str(raw_path), plan, r0, r1, str(scatter_dir), t, q))
@@ -425,8 +431,8 @@ def _build_species(
         run_pool(pool, q, todo, bar, scattered)
 
     rep.step(
-        f"{species}: sort and write {plan.n_buckets} gene buckets (with their statistics) and "
-        f"{cells.n_buckets} cell buckets"
+        f"{species}: sort and write {plural(plan.n_buckets, 'gene bucket')} (with their statistics) and "
+        f"{plural(cells.n_buckets, 'cell bucket')}"
     )
     totals = np.concatenate([np.load(scatter_dir / f"totals.{t}.npy") for t in tags])
     detected = np.concatenate([np.load(scatter_dir / f"detected.{t}.npy") for t in tags])
@@ -434,6 +440,9 @@ def _build_species(
         raise HmbaError(f"{raw_path}: the taxonomy of its cells is unknown; run hmba-db check {release}")
     work = staging / STATS_WORK
     groups = plan_groups(cell_groups, totals, species, work, str(release / lay.csv(R.CELL_MEMBERSHIP)))
+    for k in list(sstate["buckets"]):  # resuming: a bucket whose statistics are not all there is done again
+        if not parts_written(work, species, int(k)):
+            del sstate["buckets"][k]
     todo = {
         k: (
             _sort_job,
@@ -589,7 +598,16 @@ def _publish(staging: Path, store: Path, build_id: str, keep_old: float) -> None
     store.mkdir(parents=True, exist_ok=True)
     final = snapshot_dir(store, build_id)
     final.parent.mkdir(exist_ok=True)
+    if not os.access(final.parent, os.W_OK | os.X_OK):  # before the resumable work is cleared away
+        raise HmbaError(
+            f"{final.parent}: not writable, so the verified build cannot be published; make it writable "
+            "and run the same build again (it resumes, staging kept)"
+        )
     previous = files_root(store)
+    # The resumable work goes only now: until here, a killed or failed build resumes from it.
+    for work in ("_scatter", STATS_WORK):
+        shutil.rmtree(staging / work, ignore_errors=True)
+    (staging / "state.json").unlink(missing_ok=True)
     os.replace(staging, final)
     for name in (CATALOG, BUILD_JSON):
         tmp = store / f".{name}.{build_id}"

@@ -28,7 +28,9 @@ DISK_MARGIN = 1 << 30  # keep 1 GiB free beyond the estimate
 
 
 def lock_path(store: Path) -> Path:
-    store = Path(store).absolute()
+    """Beside the store's real path: two builds reaching one store through a symlink and its target (or
+    `a/../store`) take the same lock."""
+    store = Path(store).resolve()
     return store.parent / f".{store.name}.lock"
 
 
@@ -90,6 +92,12 @@ def check_target(store: Path, species: tuple[str, ...], force: bool) -> None:
     probe = parent if parent.exists() else next((p for p in parent.parents if p.exists()), parent)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise HmbaError(f"{probe}: not writable; build the store in a folder you can write to")
+    for folder in (store, store / "snapshots"):  # the build publishes into them: say so now, not at the end
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise HmbaError(
+                f"{folder}: not writable, so a build cannot publish into it; make it writable "
+                f"(chmod u+w {folder}) or build the store elsewhere"
+            )
     if not store.exists() or force:
         return
     entries = sorted(p.name for p in store.iterdir())
@@ -126,13 +134,20 @@ def _listing(names: list[str], most: int = 5) -> str:
 
 def check_disk(staging: Path, largest_nnz: int, cell_major: bool = True) -> None:
     """Staging holds ~10 bytes per non-zero of the largest species at its peak: check the room first."""
-    need = (STAGING_BYTES_PER_NZ if cell_major else STAGING_BYTES_PER_NZ_GENE_MAJOR) * largest_nnz
+    per_nz = STAGING_BYTES_PER_NZ if cell_major else STAGING_BYTES_PER_NZ_GENE_MAJOR
+    need = per_nz * largest_nnz
     if staging.exists():  # a resumed build has part of it already
-        need -= sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        need = max(0, need - sum(p.stat().st_size for p in staging.rglob("*") if p.is_file()))
     where = staging if staging.exists() else staging.parent
     free = shutil.disk_usage(where).free
     if need + DISK_MARGIN > free:
         raise HmbaError(
-            f"{where}: the build needs ~{need / 1e9:,.1f} GB of staging space (10 bytes per non-zero of the "
-            f"largest species) but {free / 1e9:,.1f} GB is free; free space or build the store elsewhere"
+            f"{where}: the build needs ~{_gb(need)} of staging space ({per_nz} bytes per non-zero of the "
+            f"largest species' {largest_nnz:,}) plus a {_gb(DISK_MARGIN)} margin, but {_gb(free)} is free; "
+            "free space or build the store elsewhere"
         )
+
+
+def _gb(n: int) -> str:
+    """Sizes as people read them: 0.004 GB is 4 MB, not 0.0 GB."""
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.0f} MB"

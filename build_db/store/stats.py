@@ -77,6 +77,15 @@ def _part(work: Path, table: str, species: str, bucket: int, level: str | None =
     return Path(work) / "parts" / table / species / (level or "all") / f"{bucket:05d}.parquet"
 
 
+def parts_written(work: Path, species: str, bucket: int) -> bool:
+    """Whether a sorted bucket's statistics parts are all there (a resumed build re-sorts it otherwise)."""
+    return all(
+        _part(work, t, species, bucket, lv).exists()
+        for t in KEYS
+        for lv in (R.LEVELS if t == "term_gene_sums" else [None])
+    )
+
+
 @dataclass
 class Groups:
     """How one species' cells fall into groups: per-cell codes (saved to `codes`, an .npz the workers
@@ -360,5 +369,6 @@ def merge_stats(staging: Path, species: dict[str, dict], pool, q, rep: Reporter)
             f"{rows['region_group_gene_sums']:,} region x Group x gene, "
             f"{rows['donor_group_gene_sums']:,} donor x Group x gene"
         )
-    shutil.rmtree(work, ignore_errors=True)
+    # The parts stay until the store is published (the build removes them with the scatter runs): a build
+    # killed in a later step merges them again when it resumes.
     return out

@@ -448,7 +448,18 @@ def sort_bucket(plan: BucketPlan, k: int, staging: Path, tags: list[str], out: P
     width = g1 - g0
     tags = [t for t in tags if _staged(staging, k, t, "gene").exists()]
     if not tags and out.exists():
-        # Killed after the file was published and its staging removed, before the state was saved: done.
+        # Killed after the file was published and its staging removed, before the state was saved: done,
+        # but for its statistics, which a resumed build may have lost: taken again from the file, whose
+        # rows are the sorted rows.
+        if on_sorted is not None:
+            t = pq.read_table(out, columns=["gene_index", "cell_index", "raw_count"])
+            genes = t.column("gene_index").to_numpy() - g0
+            on_sorted(
+                g0,
+                np.bincount(genes, minlength=width).astype(np.int64),
+                t.column("cell_index").to_numpy().astype(np.int32, copy=False),
+                t.column("raw_count").to_numpy().astype(np.int32, copy=False),
+            )
         return pq.ParquetFile(out).metadata.num_rows
     counts = np.zeros(width, dtype=np.int64)
     for t in tags:

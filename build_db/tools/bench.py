@@ -405,6 +405,25 @@ def analysis_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def startup_table() -> str:
+    """How long a command takes to start (median of 5 runs each, a fresh process each time): the CLI
+    imports lazily, so `--help` and `--version` load no DuckDB, pandas or Arrow (target: --help <= 0.3 s)."""
+    import statistics
+    import subprocess
+    import sys
+    import time
+
+    rows = []
+    for args in (["--help"], ["--version"], ["query", "--help"]):
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "build_db", *args], capture_output=True, check=True)
+            times.append(time.perf_counter() - t0)
+        rows.append(f"| hmba-db {' '.join(args)} | {statistics.median(times):.2f} s |")
+    return "| command | start-up (median of 5) |\n|---|---|\n" + "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m build_db.bench", description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("data/bench"))
@@ -420,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     scales = [float(s) for s in args.scales.split(",")] + ([1.0] if args.full else [])
     args.out.mkdir(parents=True, exist_ok=True)
+    print("### start-up\n\n" + startup_table() + "\n")
     synth_rows = synth_ladder(args.out, scales, args.reuse)
     if synth_rows:
         print("### synth\n\n" + table(synth_rows) + "\n")
