@@ -105,3 +105,19 @@ def test_the_readme_is_a_front_door_to_the_manual():
     for page in (ROOT / "docs").glob("*.md"):
         for target in re.findall(r"\]\(([\w.-]+\.md)\)", page.read_text()):
             assert (ROOT / "docs" / target).exists(), f"{page.name} links {target}"
+
+
+def test_json_has_no_infinity(tiny_store):
+    """`--format json` wrote Infinity, which strict JSON parsers reject: null, and a note on stderr."""
+    import json
+
+    r = CliRunner().invoke(
+        main, ["sql", str(tiny_store), "select 'inf'::double as x, 1.5 as y", "--format", "json"]
+    )
+    assert r.exit_code == 0, r.output
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    assert json.loads(r.stdout, parse_constant=refuse) == [{"x": None, "y": 1.5}]
+    assert "column x: 1 infinite value(s) written as null" in r.stderr
