@@ -765,12 +765,75 @@ def query(store, name, params, fmt, plot, show_sql, engine):
 
 @main.group()
 def export() -> None:
-    """Export from a store into other tools' formats.
+    """Export from a store into other tools' formats: an AnnData (h5ad) file, a MapMyCells reference.
 
     Example:
 
-        hmba-db export mapmycells data/store ref --species Human --cells "region_of_interest_label = 'PuR'"
+        hmba-db export anndata data/store astro.h5ad --species Human --cells "group_name = 'Astrocyte'"
     """
+
+
+@export.command("anndata")
+@click.argument("store", type=STORE_OR_URL)
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--species", required=True, help="One species: Human, Macaque or Marmoset.")
+@click.option(
+    "--cells",
+    default=None,
+    help="A SQL condition on the cells table choosing the cells (default: all the species' cells).",
+)
+@click.option("--genes", default=None, help="Gene symbols or identifiers, comma-separated (default: all).")
+@click.option(
+    "--read",
+    type=click.Choice(["auto", "by_gene", "by_cell"]),
+    default="auto",
+    show_default=True,
+    help="Which layout to read: auto takes the one holding fewer rows for the selection.",
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress messages.")
+def export_anndata(store, out, species, cells, genes, read, force, quiet):
+    """Write a selection of cells x genes (raw counts, cells and genes tables as obs and var) as an h5ad
+    file, as build_db.to_anndata returns it.
+
+    The selection's size is counted and said first; the file is written beside OUT and renamed into place,
+    so an interrupted export leaves no half-written OUT.
+
+    Example:
+
+        hmba-db export anndata data/store astro.h5ad --species Human --cells "group_name = 'Astrocyte'"
+    """
+    import time
+
+    from .access.connect import connect
+    from .access.export import estimate_nnz, to_anndata
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise click.ClickException(f"{out}: exists; pass --force to replace it, or choose another name")
+    if out.suffix != ".h5ad":
+        raise click.ClickException(f"{out}: name the file .h5ad (the AnnData file format)")
+    if not out.parent.is_dir():
+        raise click.ClickException(f"{out.parent}: no such folder; create it or choose another place")
+    gene_list = [g.strip() for g in genes.split(",") if g.strip()] if genes else None
+    con = connect(store)
+    t0 = time.perf_counter()
+    n_cells, n_genes, nnz = estimate_nnz(con, species, gene_list, cells)
+    if not quiet:
+        click.echo(f"reading {n_cells:,} cells x {n_genes:,} genes ({nnz:,} non-zeros)", err=True)
+    adata = to_anndata(con, species, gene_list, cells, read=read)
+    tmp = out.with_name(f".{out.name}.writing")
+    if not quiet:
+        click.echo(f"writing {out} ({time.perf_counter() - t0:.1f} s so far)", err=True)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    click.echo(
+        f"{out}: {adata.n_obs:,} cells x {adata.n_vars:,} genes, {adata.X.nnz:,} non-zeros "
+        f"({out.stat().st_size / 2**20:,.1f} MiB) in {time.perf_counter() - t0:.1f} s"
+    )
 
 
 @export.command("mapmycells")

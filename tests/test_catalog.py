@@ -165,7 +165,10 @@ def test_notebook_question_equals_numpy_on_the_source(tiny_release, con):
 
 
 def test_unknown_symbol_lists_the_closest(con):
-    with pytest.raises(HmbaError, match=r"Human: no gene with symbol DRD7 \(closest: DRD[12], DRD[12]"):
+    with pytest.raises(
+        HmbaError,
+        match=r"genes: no gene with symbol or identifier DRD7 \(closest: DRD[12], DRD[12]\) in Human",
+    ):
         resolve_genes(con, "Human", ["DRD7"])
     (m,) = resolve_genes(con, "Human", ["MATR3"])
     assert m.n_identifiers == 2  # a symbol with two identifiers says so

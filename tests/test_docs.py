@@ -73,7 +73,10 @@ PROSE = [
 # What makes a prose example affordable here, appended to its arguments (each still runs as written
 # otherwise): a smaller synthetic release; the local bucket instead of the real one (below); clusters of the
 # tiny store's size.
-CHEAPER = {"synth": ["--genes", "200", "--species", "Marmoset", "--quiet"], "export": ["--min-cells", "1"]}
+CHEAPER = {
+    "synth": ["--genes", "200", "--species", "Marmoset", "--quiet"],
+    "export mapmycells": ["--min-cells", "1"],
+}
 
 
 def test_the_prose_examples_are_found():
@@ -101,7 +104,7 @@ def test_every_prose_example_runs(page, command, tiny_store, tiny_release, tmp_p
     run = [
         str(where[a]) if a in where else str(tmp_path / a[5:]) if a.startswith("data/") else a for a in args
     ]
-    run += CHEAPER.get(args[0], [])
+    run += CHEAPER.get(args[0], CHEAPER.get(" ".join(args[:2]), []))
     if args[0] == "serve":
         return _serve_runs(page, command, run)
     server = None

@@ -123,3 +123,38 @@ def test_licence_in_the_catalog_build_json_and_info(tiny_store):
         r.exit_code == 0
         and "licence   CC BY-NC 4.0 (https://creativecommons.org/licenses/by-nc/4.0/)" in r.output
     )
+
+
+def test_export_anndata_command(tiny_store, tmp_path, con):
+    """`hmba-db export anndata` writes what to_anndata returns; one-line errors; no file half-written."""
+    import anndata as ad
+    from click.testing import CliRunner
+
+    from build_db.cli import main
+
+    out = tmp_path / "astro.h5ad"
+    args = [
+        "export",
+        "anndata",
+        str(tiny_store),
+        str(out),
+        "--species",
+        "human",
+        "--cells",
+        "group_name = 'Astrocyte'",
+    ]
+    r = CliRunner().invoke(main, [*args, "--genes", "DRD1,PLP1"])
+    assert r.exit_code == 0, r.output
+    assert "reading " in r.stderr and " cells x 2 genes" in r.stderr
+    got = ad.read_h5ad(out)
+    want = to_anndata(con, "Human", ["DRD1", "PLP1"], "group_name = 'Astrocyte'")
+    assert (got.X != want.X).nnz == 0 and list(got.obs_names) == list(want.obs_names)
+    assert list(got.var.gene_symbol) == ["DRD1", "PLP1"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "exists; pass --force" in r.output
+    r = CliRunner().invoke(main, [*args, "--force", "--genes", "DRDD1"])
+    assert r.exit_code == 1 and "no gene with symbol or identifier DRDD1 (closest: DRD1" in r.output
+    assert "Traceback" not in r.output and ad.read_h5ad(out).n_vars == 2  # the old file is whole
+    r = CliRunner().invoke(main, [*args[:3], str(tmp_path / "x.csv"), *args[4:]])
+    assert r.exit_code == 1 and "name the file .h5ad" in r.output
+    assert [p.name for p in tmp_path.iterdir()] == ["astro.h5ad"]  # no temporary file left

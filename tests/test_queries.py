@@ -286,7 +286,9 @@ def test_symbols_ignore_case_and_one_gene_may_be_a_string(tiny_store):
     con = connect(tiny_store)
     exact = mean_expression(con, "Human", ["DRD1"], "Class")
     assert mean_expression(con, "Human", "drd1", "Class").equals(exact)  # a string, any case
-    with pytest.raises(HmbaError, match=r"Human: no gene with symbol drd7 \(closest: DRD\d, DRD\d\)"):
+    with pytest.raises(
+        HmbaError, match=r"genes: no gene with symbol or identifier drd7 \(closest: DRD\d, DRD\d\) in Human"
+    ):
         mean_expression(con, "Human", ["drd7"], "Class")
     upper = run_query(con, "gene_set_by_level", genes="PLP1,DRD2", level="Class", species="Human")
     lower = run_query(con, "gene_set_by_level", genes="plp1,Drd2", level="Class", species="Human")

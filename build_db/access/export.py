@@ -22,7 +22,7 @@ from ..errors import HmbaError
 from ..release import layout as R
 from ..store.catalog import views_of
 from .connect import bucket_files, connect, store_of
-from .queries import _genes as resolve
+from .genes import resolve
 from .sandbox import check_condition
 
 if TYPE_CHECKING:
@@ -89,10 +89,10 @@ def _genes(con: duckdb.DuckDBPyConnection, species: str, genes) -> pd.DataFrame:
             f"genes: {seen[seen.duplicated()].iloc[0]} is given twice; list each gene once", key="genes"
         )
     notes: list[str] = []
-    rows = resolve(con, [str(g) for g in genes], [species], "genes", notes)
+    rows = resolve(con, [str(g) for g in genes], [species], notes=notes)
     for note in notes:
         warnings.warn(note, stacklevel=3)
-    return table.set_index("gene_index").loc[[r[4] for r in rows]].reset_index()[table.columns]
+    return table.set_index("gene_index").loc[[r.gene_index for r in rows]].reset_index()[table.columns]
 
 
 def _by_cell(con, species: str, obs: pd.DataFrame, var: pd.DataFrame, genes, read: str) -> bool:

@@ -7,6 +7,7 @@ import difflib
 import itertools
 import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import duckdb
 
@@ -24,8 +25,93 @@ class GeneMatch:
     n_identifiers: int  # > 1 when the symbol names several genes; the first (lowest index) is used
 
 
+class Resolved(NamedTuple):
+    """One asked-for gene in one species: a row of a named query's `selected_genes`."""
+
+    species: str
+    order: int  # the position of the symbol or identifier in what was asked
+    symbol: str
+    identifier: str
+    gene_index: int
+    gene_bucket: int
+
+
+def resolve(
+    con: duckdb.DuckDBPyConnection,
+    tokens: list[str],
+    species: list[str],
+    *,
+    what: str = "genes",
+    notes: list[str] | None = None,
+) -> list[Resolved]:
+    """The one gene resolver: each token a symbol (any case) or else an identifier, in each species.
+
+    A token no species has is an error listing the closest symbols; one that some species lack, or a
+    symbol naming several genes (the lowest index is used), adds a line to `notes`. `what` names the
+    parameter in those lines (`--param genes` for the CLI, `genes` for Python). `con` needs only the store's
+    `genes` table (Spark's resolver is an in-memory DuckDB holding it).
+
+    Example:
+        >>> resolve(connect("data/demo-store"), ["DRD1", "ENSG00000149295"], ["Human"])  # doctest: +SKIP
+    """
+    notes = [] if notes is None else notes
+    key = what.split()[-1]
+    if not tokens:
+        raise HmbaError(f"{what}: give at least one gene symbol", key=key)
+    rows, unknown = [], {t: [] for t in tokens}
+    for s in species:
+        find = symbol_finder(con, s)
+        found = {t: find(t) for t in tokens}
+        not_symbols = [t for t in tokens if found[t] is None]
+        ids = (
+            {}
+            if not not_symbols
+            else {
+                r[0]: r[1:]
+                for r in con.execute(
+                    "select gene_identifier, gene_index, gene_bucket, gene_symbol from genes "
+                    "where species = ? and gene_identifier in (select unnest(?))",
+                    [s, not_symbols],
+                ).fetchall()
+            }
+        )
+        for order, t in enumerate(tokens):
+            if found[t] is not None:
+                g = found[t]
+                if g.n_identifiers > 1:
+                    others = con.execute(
+                        "select gene_identifier from genes where species = ? and gene_symbol = ? "
+                        "order by gene_index",
+                        [s, g.symbol],
+                    ).fetchall()
+                    notes.append(
+                        f"{s}: {g.symbol} names {g.n_identifiers} genes ({', '.join(r[0] for r in others)}); "
+                        f"using {g.gene_identifier}, give an identifier to choose another"
+                    )
+                rows.append(Resolved(s, order, g.symbol, g.gene_identifier, g.gene_index, g.gene_bucket))
+            elif t in ids:
+                index, bucket, symbol = ids[t]
+                rows.append(Resolved(s, order, symbol or t, t, int(index), int(bucket)))
+            else:
+                unknown[t].append(s)
+    missing_everywhere = [t for t, where in unknown.items() if len(where) == len(species)]
+    if missing_everywhere:
+        hints = []
+        for t in missing_everywhere:
+            close = closest(con, species[0], t)
+            hints.append(f"{t} (closest: {', '.join(close)})" if close else t)
+        raise HmbaError(
+            f"{what}: no gene with symbol or identifier {'; '.join(hints)} in {', '.join(species)}", key=key
+        )
+    for t, where in unknown.items():
+        if where:
+            notes.append(f"{t}: no such gene in {', '.join(where)}; its rows there are missing")
+    return rows
+
+
 def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[str]) -> list[GeneMatch]:
-    """Symbol -> gene, for one species. Unknown symbols are an error listing the closest known ones.
+    """Genes of one species by symbol (any case) or identifier, in the order given: `resolve` for one
+    species, as GeneMatch (with how many genes the symbol names).
 
     Example:
         >>> resolve_genes(connect("data/demo-store"), "Human", ["DRD1"])  # doctest: +SKIP
@@ -34,13 +120,17 @@ def resolve_genes(con: duckdb.DuckDBPyConnection, species: str, symbols: list[st
     species = R.species_named(species)
     if isinstance(symbols, str):  # one gene given as a string, not its letters
         symbols = [symbols]
-    find = symbol_finder(con, species)
-    found = [find(s) for s in symbols]
-    missing = [s for s, g in zip(symbols, found, strict=True) if g is None]
-    if missing:
-        hints = [f"{s} (closest: {', '.join(c)})" if (c := closest(con, species, s)) else s for s in missing]
-        raise HmbaError(f"{species}: no gene with symbol {'; '.join(hints)}")
-    return found
+    table = symbol_table(con, species)
+    return [
+        GeneMatch(
+            r.symbol,
+            r.gene_index,
+            r.gene_bucket,
+            r.identifier,
+            table[r.symbol].n_identifiers if r.symbol in table else 1,
+        )
+        for r in resolve(con, list(symbols), [species])
+    ]
 
 
 def symbol_finder(con: duckdb.DuckDBPyConnection, species: str):

@@ -33,7 +33,7 @@ from sqlglot import exp
 from ..errors import HmbaError
 from ..release import layout as R
 from .connect import connect
-from .genes import closest, symbol_finder
+from .genes import resolve
 
 QUERIES_DIR = Path(__file__).resolve().parents[2] / "queries"
 PARAM_TYPES = {
@@ -225,7 +225,8 @@ class Rendered:
 
 
 def _built_species(con: duckdb.DuckDBPyConnection) -> list[str]:
-    have = {r[0] for r in con.execute("select distinct species from cell_totals").fetchall()}
+    # from the genes table, which the parameters are resolved against anyway (Spark's resolver holds it)
+    have = {r[0] for r in con.execute("select distinct species from genes").fetchall()}
     return [s for s in R.SPECIES if s in have]
 
 
@@ -270,63 +271,6 @@ def _parent_term(con, value: str, level: str | None, pname: str) -> str:
             key=pname,
         )
     return _term(con, value, R.LEVELS[R.LEVELS.index(level) - 1], pname)
-
-
-def _genes(con, tokens: list[str], species: list[str], pname: str, notes: list[str]) -> list[tuple]:
-    """Rows of selected_genes: each token looked up as a symbol, else as an identifier, per species."""
-
-    if not tokens:
-        raise HmbaError(f"--param {pname}: give at least one gene symbol", key=pname)
-    rows, unknown = [], {t: [] for t in tokens}
-    for s in species:
-        find = symbol_finder(con, s)
-        found = {t: find(t) for t in tokens}
-        not_symbols = [t for t in tokens if found[t] is None]
-        ids = (
-            {}
-            if not not_symbols
-            else dict(
-                con.execute(
-                    "select gene_identifier, gene_index || ',' || gene_bucket || ',' || "
-                    "coalesce(gene_symbol, '') from genes "
-                    "where species = ? and gene_identifier in (select unnest(?))",
-                    [s, not_symbols],
-                ).fetchall()
-            )
-        )
-        for order, t in enumerate(tokens):
-            if found[t] is not None:
-                g = found[t]
-                if g.n_identifiers > 1:
-                    others = con.execute(
-                        "select gene_identifier from genes where species = ? and gene_symbol = ? "
-                        "order by gene_index",
-                        [s, g.symbol],
-                    ).fetchall()
-                    notes.append(
-                        f"{s}: {g.symbol} names {g.n_identifiers} genes ({', '.join(r[0] for r in others)}); "
-                        f"using {g.gene_identifier}, give an identifier to choose another"
-                    )
-                rows.append((s, order, g.symbol, g.gene_identifier, g.gene_index, g.gene_bucket))
-            elif t in ids:
-                index, bucket, symbol = ids[t].split(",", 2)
-                rows.append((s, order, symbol or t, t, int(index), int(bucket)))
-            else:
-                unknown[t].append(s)
-    missing_everywhere = [t for t, where in unknown.items() if len(where) == len(species)]
-    if missing_everywhere:
-        hints = []
-        for t in missing_everywhere:
-            close = closest(con, species[0], t)
-            hints.append(f"{t} (closest: {', '.join(close)})" if close else t)
-        raise HmbaError(
-            f"--param {pname}: no gene with symbol or identifier {'; '.join(hints)} in {', '.join(species)}",
-            key=pname,
-        )
-    for t, where in unknown.items():
-        if where:
-            notes.append(f"{t}: no such gene in {', '.join(where)}; its rows there are missing")
-    return rows
 
 
 def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> Rendered:
@@ -395,10 +339,10 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
             tokens = _split(v)
             if p.type == "gene" and len(tokens) != 1:
                 raise HmbaError(f"--param {p.name}={v}: give exactly one gene", key=p.name)
-            selected = _genes(con, tokens, scope, p.name, notes)
+            selected = resolve(con, tokens, scope, what=f"--param {p.name}", notes=notes)
             values[p.name] = tokens[0] if p.type == "gene" else tokens
-            values["gene_indexes"] = sorted({r[4] for r in selected})
-            values["gene_buckets"] = sorted({r[5] for r in selected})
+            values["gene_indexes"] = sorted({r.gene_index for r in selected})
+            values["gene_buckets"] = sorted({r.gene_bucket for r in selected})
     tree = _parse(query)
     lists = [p.name for p in query.params if p.type == "species_list"]
     if selected and lists:
@@ -418,7 +362,7 @@ def _per_species(tree: exp.Expression, selected: list[tuple], species_param: str
     so one list for all of them would read each species' row groups for the other species' genes too."""
     by_species: dict[str, list[tuple]] = {}
     for r in selected:
-        by_species.setdefault(r[0], []).append(r)
+        by_species.setdefault(r.species, []).append(r)
     if len(by_species) < 2:
         return
     for select in list(tree.find_all(exp.Select)):
@@ -431,8 +375,8 @@ def _per_species(tree: exp.Expression, selected: list[tuple], species_param: str
             part = select.copy()
             own = {
                 species_param: [species],
-                "gene_indexes": sorted({r[4] for r in rows}),
-                "gene_buckets": sorted({r[5] for r in rows}),
+                "gene_indexes": sorted({r.gene_index for r in rows}),
+                "gene_buckets": sorted({r.gene_bucket for r in rows}),
             }
             for ph in list(part.args["where"].find_all(exp.Placeholder)):
                 if ph.this in own:

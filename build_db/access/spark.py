@@ -177,8 +177,8 @@ _REGISTERED: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
 
 
 def resolver(spark, store) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB holding the small tables the parameters are resolved against (gene symbols,
-    taxonomy terms, built species), read from Spark once per session and store."""
+    """An in-memory DuckDB holding the small tables the parameters are resolved against (the genes, which
+    also say the built species, and the taxonomy terms), read from Spark once per session and store."""
     # Per SparkContext (a stopped session's object id may come back) and store.
     key = (spark.sparkContext.applicationId, _uri(store))
     if key not in _REGISTERED:
@@ -189,10 +189,6 @@ def resolver(spark, store) -> duckdb.DuckDBPyConnection:
             con.register(f"_{t}", spark.table(t).toArrow())
             con.execute(f"create table {t} as select * from _{t}")
             con.unregister(f"_{t}")
-        # Parameter resolution reads only the built species from cell_totals: one row per species stands in.
-        built = [r.species for r in spark.sql("select distinct species from cells").collect()]
-        con.execute("create table cell_totals (species varchar, cell_index integer, total_counts bigint)")
-        con.executemany("insert into cell_totals values (?, 0, 0)", [[s] for s in built])
         con.execute("set variable hmba_store = ?", [root])
         _REGISTERED[key] = con
     return _REGISTERED[key]
