@@ -6,7 +6,9 @@ Each time is the page's own clock (`performance.now()` when the plot's drawn hoo
 records as `data-drawn-ms`): the first dot plot of 10 genes x Group x every species after opening a shared
 URL in a fresh browser context (nothing cached: plotly.js and every answer fetched, the median of 3); a gene
 added -> the dot plot redrawn (the median of 5, new genes each time); the UMAP of 200,000 cells of the
-largest species (or all its cells when fewer) with a gene, opened from a URL (the median of 3).
+largest species (or all its cells when fewer) with a gene, opened from a URL (the median of 3); and each
+page opened once more in the same browser (its HTTP and code caches warm, as for a returning visitor).
+Chromium here draws WebGL in software (SwiftShader: no GPU), which is most of the UMAP's time.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def measure(store: Path) -> dict:
                 page.context.close()
             out["first_dotplot_ms"] = statistics.median(opened)
             ms, page = _open(browser, f"{server.url}/?{q}", "[data-testid=dotplot]")
+            page.goto(f"{server.url}/?{q}&again=1")  # a second visit: the browser's cache and code cache warm
+            page.wait_for_selector("[data-testid=dotplot][data-drawn-ms]", state="attached", timeout=WAIT_MS)
+            out["dotplot_second_visit_ms"] = float(
+                page.get_attribute("[data-testid=dotplot]", "data-drawn-ms")
+            )
             added = []
             for k, gene in enumerate(pool[10:15], start=11):
                 t0 = page.evaluate(
@@ -72,8 +79,16 @@ def measure(store: Path) -> dict:
                 ms, page = _open(browser, f"{server.url}/?{q}", "[data-testid=umap]")
                 drawn.append(ms)
                 points = int(page.get_attribute("[data-testid=umap]", "data-n-points"))
+                page.goto(f"{server.url}/?{q}&again=1")
+                page.wait_for_selector("[data-testid=umap][data-drawn-ms]", state="attached", timeout=WAIT_MS)
+                again = float(page.get_attribute("[data-testid=umap]", "data-drawn-ms"))
                 page.context.close()
-            out["umap"] = {"species": big, "points": points, "ms": statistics.median(drawn)}
+            out["umap"] = {
+                "species": big,
+                "points": points,
+                "ms": statistics.median(drawn),
+                "second_visit_ms": again,
+            }
     finally:
         server.stop()
     return out
@@ -89,12 +104,18 @@ def table(m: dict) -> str:
             f"{m['first_dotplot_ms']:.0f} ms",
             "<= 1,500 ms",
         ),
+        (
+            "the same, a second visit (the browser's caches warm)",
+            f"{m['dotplot_second_visit_ms']:.0f} ms",
+            "",
+        ),
         ("a gene added -> the dot plot redrawn", f"{m['gene_added_ms']:.0f} ms", "<= 300 ms"),
         (
             f"UMAP of {u['points']:,} {u['species']} cells with a gene, WebGL",
             f"{u['ms']:.0f} ms",
             "<= 2,000 ms",
         ),
+        ("the same, a second visit", f"{u['second_visit_ms']:.0f} ms", ""),
     ]
     lines = ["| in headless Chromium | measured (median) | target |", "|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])

@@ -235,6 +235,8 @@ prefetch("/health");
 if (page.state.view === "dotplot" && page.state.genes.length) {
   prefetch("/query/dotplot", dotplot.request(page.state));
   terms(page.state.level).catch(() => {});
+} else if (page.state.view === "umap" && page.state.species !== "all") {
+  prefetch("/umap", umap.request(page.state, page.state.species));
 }
 plotly().catch(() => {});
 window.hmbaExplorer = page; // for users' own automation (and the tests)

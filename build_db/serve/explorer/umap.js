@@ -33,6 +33,13 @@ function hover(ev) {
   $("um-hover").innerHTML = lines.join("");
 }
 
+// The /umap parameters a state asks for, from the state alone (the page asks for them early when the link
+// opens on this view): the species, the points, and the gene when colouring by one.
+export function request(s, species) {
+  const gene = LEVELS.includes(s.color) ? null : s.gene || s.genes[0] || null;
+  return { species, max_points: /^\d+$/.test(s.points) ? s.points : "300000", ...(gene ? { gene } : {}) };
+}
+
 export async function render(page, ticket) {
   wire(page);
   const s = page.state;
@@ -45,6 +52,7 @@ export async function render(page, ticket) {
   if (/^\d+$/.test(s.points) && !offered.some(([v]) => v === s.points)) offered.push([s.points, `up to ${(+s.points).toLocaleString("en")}`]);
   const points = fillSelect($("um-points"), offered, s.points);
   const params = { species, max_points: points, ...(gene ? { gene } : {}) };
+  // (the same as request(s, species) unless a select had to fall back to its first option)
   const key = JSON.stringify(params);
   copies(page, species, gene, kind === "level" ? what : null, points);
   page.setDownload({
@@ -85,7 +93,11 @@ async function draw(u, level) {
     marker.showscale = true;
     marker.colorbar = { title: { text: `${u.gene.gene_symbol}<br>log2(CPM+1)` }, thickness: 12 };
   }
-  await Plotly.react(el, [{ type: "scattergl", mode: "markers", x: u.x, y: u.y, marker, hoverinfo: "none" }], {
+  // typed arrays: plotly's WebGL trace takes them as they are (plain arrays are copied and checked first)
+  const x = Float32Array.from(u.x);
+  const y = Float32Array.from(u.y);
+  if (!level) marker.color = Float32Array.from(u.value);
+  await Plotly.react(el, [{ type: "scattergl", mode: "markers", x, y, marker, hoverinfo: "none" }], {
     height: 620, margin: { l: 40, r: 10, t: 30, b: 40 }, hovermode: "closest", dragmode: "pan",
     title: { text: level ? `${u.species}, coloured by ${level}` : `${u.species}, ${u.gene.gene_symbol}`, font: { size: 14 } },
     xaxis: { title: { text: "UMAP 1" }, zeroline: false }, yaxis: { title: { text: "UMAP 2" }, zeroline: false, scaleanchor: "x" },
