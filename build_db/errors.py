@@ -16,4 +16,4 @@ class HmbaError(Exception):
 
 
 class ReleaseError(HmbaError):
-    """A release directory (real or synthetic) is missing a file or does not match DATASET.md."""
+    """A release directory (real or synthetic) is missing a file or does not match docs/release.md."""

@@ -1,4 +1,5 @@
-"""The real bucket's shape (DATASET.md 1.1, 3.1, 3.5, 4): a manifest of the whole bucket, each directory and
+"""The real bucket's shape (docs/release.md, 'The bucket and its manifest', 3.1, 3.5, 4): a manifest of the
+whole bucket, each directory and
 kind with its own version and nested files, one gene.csv for all species, cells outside cell_metadata,
 files and columns that only enrich."""
 

@@ -61,7 +61,8 @@ def test_full_download_then_build(bucket, tiny_release, tmp_path):
 
 
 def _client_sees(cache_dir, entries) -> bool:
-    """What abc_atlas_access decides for a cache (DATASET.md 1.1): the manifest it last used exists under
+    """What abc_atlas_access decides for a cache (docs/release.md, 'The bucket and its manifest'): the
+    manifest it last used exists under
     releases/, and each file's resolved path is in set(json.load(_downloaded_data.json)), so it is not
     fetched again."""
     cache_dir = cache_dir.resolve()

@@ -2,11 +2,11 @@
 for all its cells (from the statistics, in seconds) or a selection of them (summed from the expression
 store, one gene bucket at a time).
 
-The layout is cell_type_mapper's (its `docs/input_data_files/precomputed_stats_file.md`, DATASET.md section
-6): JSON datasets as UTF-8 bytes (`metadata`, `cluster_to_row`, `col_names`, `taxonomy_tree`) and clusters x
-genes arrays: int64 `n_cells`, float64 `sum` and `sumsq` of log2(CPM+1), int64 `gt0`, `gt1`, `ge1` (cells
-above 0 CPM, above 1 CPM, at least 1 CPM). Our statistics hold exactly these fields: `n_expressing`,
-`sum_log2_cpm`, `sumsq_log2_cpm`, `n_cpm_gt_1`, `n_cpm_ge_1`.
+The layout is cell_type_mapper's (its `docs/input_data_files/precomputed_stats_file.md`, docs/release.md,
+'MapMyCells resources'): JSON datasets as UTF-8 bytes (`metadata`, `cluster_to_row`, `col_names`,
+`taxonomy_tree`) and clusters x genes arrays: int64 `n_cells`, float64 `sum` and `sumsq` of log2(CPM+1), int64
+`gt0`, `gt1`, `ge1` (cells above 0 CPM, above 1 CPM, at least 1 CPM). Our statistics hold exactly these
+fields: `n_expressing`, `sum_log2_cpm`, `sumsq_log2_cpm`, `n_cpm_gt_1`, `n_cpm_ge_1`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Untrusted SQL, sandboxed (DESIGN.md decision 7): for a shared server that runs other people's queries.
+"""Untrusted SQL, sandboxed (docs/architecture.md, decision 7): for a shared server that runs other people's
+queries.
 
 Two independent layers, so one's miss is caught by the other, and a child process that holds both:
 

@@ -1,6 +1,6 @@
 """The download cache, shared with the official abc_atlas_access client in both directions.
 
-abc_atlas_access keeps, in its cache directory (DATASET.md section 1.1):
+abc_atlas_access keeps, in its cache directory (docs/release.md, 'The bucket and its manifest'):
 - every file at `<cache>/<relative_path>`;
 - `_downloaded_data.json`: a JSON **list** of the resolved absolute paths of finished downloads, read with
   `set(json.load(f))` (a file listed there is trusted, never hashed again);

@@ -18,7 +18,8 @@ import scipy.sparse as sp
 
 from ..errors import ReleaseError
 
-# The ABC writer's settings (DATASET.md section 2): gzip level 4, chunks of at most 20,000 elements.
+# The ABC writer's settings (docs/release.md, 'Expression matrices'): gzip level 4, chunks of at most 20,000
+# elements.
 GZIP_LEVEL = 4
 CHUNK = 20_000
 INT32_LIMIT = 2**31 - 1

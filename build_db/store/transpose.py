@@ -1,6 +1,6 @@
 """Stream a cell-major CSR h5ad into gene-bucketed, (gene, cell)-sorted Parquet, in bounded memory.
 
-Two passes (DESIGN.md decision 4):
+Two passes (docs/architecture.md, decision 4):
 
 1. scatter: read CSR row blocks (this is where gzip decompression, the cost floor, happens), validate
    them, take per-cell totals, and append each block's non-zeros to one staging file per gene bucket.
@@ -29,7 +29,7 @@ from ..errors import ReleaseError
 from ..release.h5ad import CsrReader
 
 # ~80M non-zeros per bucket gives ~64 buckets for Human at full scale (5 billion non-zeros): the layout
-# DESIGN.md measured at 3-5 ms per gene, and a sort that needs ~1 GB per worker.
+# docs/architecture.md (decision 1) measured at 3-5 ms per gene, and a sort that needs ~1 GB per worker.
 BUCKET_TARGET_NNZ = 80_000_000
 # 4M non-zeros per scatter block: ~150 MB of scratch per worker, large enough that h5py's per-call
 # overhead is noise (each block spans ~200 gzip chunks of 20,000 values).
@@ -561,7 +561,8 @@ def write_parquet(path: Path, g0: int, counts: np.ndarray, cells: np.ndarray, va
     """
     schema = pa.schema([("gene_index", pa.int32()), ("cell_index", pa.int32()), ("raw_count", pa.int32())])
     # zstd + Parquet V2 pages. cell_index: delta encoding (deltas are small within a gene: 30 MB instead of
-    # 55 MB per 20M rows in DESIGN.md's measurement). raw_count: dictionary + RLE (few distinct values).
+    # 55 MB per 20M rows in the measurement of docs/architecture.md, decision 2). raw_count: dictionary + RLE
+    # (few distinct values).
     # gene_index: PLAIN, because zstd squeezes its long constant runs as well as delta does, 10% faster
     # (measured 29.8 vs 33.1 ns/row, same 0.853 bytes/row). BYTE_STREAM_SPLIT on raw_count was faster
     # still, but DuckDB 1.x (as embedded by BI drivers; 1.5.6 tested) cannot read it on integers.

@@ -1,9 +1,9 @@
 """`make demo`: the official notebook's question answered from a freshly built store, and by the old way.
 
 Mean log2(CPM+1) of SLC17A6, SLC32A1, PTPRC, PLP1, AQP4, DRD1, DRD2 per Group, for each species, rows in
-taxonomy order (DATASET.md section 5, workload 3), printed and drawn as a heatmap. The store answers with
-one query per species that reads only the seven genes' buckets and row groups; the baseline scans the
-whole log2 h5ad as the notebooks do. Both answers are timed and must agree.
+taxonomy order (docs/release.md, 'What people ask of it', workload 3), printed and drawn as a heatmap. The
+store answers with one query per species that reads only the seven genes' buckets and row groups; the baseline
+scans the whole log2 h5ad as the notebooks do. Both answers are timed and must agree.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The rest of the bucket around a synthetic release: what a loader must leave alone, and the MapMyCells pair.
 
-The real `releases/<v>/manifest.json` lists every dataset of the bucket (DATASET.md section 1.1), many with
-our file stems (`cell_metadata`, `donor`, `gene`, `cluster`), each with its own version, some files a folder
-deeper. These neighbours reproduce that in miniature: their CSVs have our headers but rows of their own (a
-loader that picks one up fails loudly or counts wrong), and they are real files, so a local server serves
-them and a download that fetched them would show it.
+The real `releases/<v>/manifest.json` lists every dataset of the bucket (docs/release.md, 'The bucket and its
+manifest'), many with our file stems (`cell_metadata`, `donor`, `gene`, `cluster`), each with its own version,
+some files a folder deeper. These neighbours reproduce that in miniature: their CSVs have our headers but rows
+of their own (a loader that picks one up fails loudly or counts wrong), and they are real files, so a local
+server serves them and a download that fetched them would show it.
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ def write_bucket_neighbours(root: Path, tax: Taxonomy, cluster_counts: np.ndarra
 
 
 def _mapmycells(rel, tax: Taxonomy, cluster_counts: np.ndarray) -> None:
-    """The taxonomy's MapMyCells pair, in cell_type_mapper's layout (DATASET.md section 6). A stand-in: the
-    tree, cluster rows and cell counts are the synthetic taxonomy's; the per-gene sums are left out (this
-    file exists to be listed, fetched with `--what mapmycells` and checked, not to map cells with)."""
+    """The taxonomy's MapMyCells pair, in cell_type_mapper's layout (docs/release.md, 'MapMyCells resources').
+    A stand-in: the tree, cluster rows and cell counts are the synthetic taxonomy's; the per-gene sums are
+    left out (this file exists to be listed, fetched with `--what mapmycells` and checked, not to map cells
+    with)."""
     path = rel(R.MAPMYCELLS_KIND, R.TAXONOMY_DIR, R.VERSION, MAPMYCELLS_STATS)
     path.parent.mkdir(parents=True, exist_ok=True)
     hierarchy = [R.LEVEL_LABELS[lv] for lv in R.LEVELS]

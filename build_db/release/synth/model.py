@@ -27,7 +27,7 @@ DEPTH_LOG_SD = 0.5
 # Mean UMIs per burst; 1.4 gives variance/mean ~ 2-3 for mid-expressed genes.
 BURST_MEAN = 1.4
 # Log-normal spread of gene baseline expression. With sigma 2.2 and depth ~9,000 a nucleus detects about
-# 3,000 of 36,601 genes, the middle of the 2,000-5,000 DATASET.md expects for 10x nuclei.
+# 3,000 of 36,601 genes, the middle of the 2,000-5,000 docs/release.md expects for 10x nuclei.
 GENE_LOG_SD = 2.2
 # Share of a cell's bursts that land on its cluster's own three genes: separates sibling clusters.
 CLUSTER_SHARE = 0.02
@@ -255,7 +255,8 @@ def _draw(model: SpeciesModel, g: int, u: np.ndarray) -> np.ndarray:
 
 
 def log2_cpm(raw: sp.csr_matrix) -> sp.csr_matrix:
-    """log2(raw / rowsum * 1e6 + 1) as float32: the release's log2 file (DATASET.md section 2)."""
+    """log2(raw / rowsum * 1e6 + 1) as float32: the release's log2 file (docs/release.md, 'Expression
+    matrices')."""
     totals = np.asarray(raw.sum(axis=1)).ravel()
     per_nz = np.repeat(totals, np.diff(raw.indptr))
     values = np.log2(raw.data.astype(np.float64) / per_nz * 1e6 + 1.0).astype(np.float32)

@@ -1,7 +1,7 @@
 """The synthetic taxonomy: the real level and term names, a plausible tree, and where each marker belongs.
 
 Sizes match the real taxonomy exactly (4 Neighborhoods, 12 Classes, 36 Subclasses, 61 Groups, 1,435
-species-specific Clusters = 1,548 terms). Names are the real ones where DATASET.md gives them and
+species-specific Clusters = 1,548 terms). Names are the real ones where docs/release.md gives them and
 plausible basal-ganglia names elsewhere.
 """
 

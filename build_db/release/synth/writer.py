@@ -64,10 +64,10 @@ def synth(
 ) -> Path:
     """Write a synthetic HMBA-BG release under `out` and return its path.
 
-    With `bucket_shape` (the default) the tree has the real bucket's shape (DATASET.md sections 1.1, 3.1,
-    6): the manifest also lists other datasets with the same file stems, other versions and nested paths,
-    and the MapMyCells pair, all written too; and ~0.5% of each matrix's cells are absent from
-    cell_metadata.csv. Without it, only the two HMBA-BG directories, every cell listed.
+    With `bucket_shape` (the default) the tree has the real bucket's shape (docs/release.md, 'The release's
+    files, for reference'): the manifest also lists other datasets with the same file stems, other versions
+    and nested paths, and the MapMyCells pair, all written too; and ~0.5% of each matrix's cells are absent
+    from cell_metadata.csv. Without it, only the two HMBA-BG directories, every cell listed.
 
     Example:
         >>> synth(Path("data/release"), scale=0.001, genes=2000)  # doctest: +SKIP
