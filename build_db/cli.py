@@ -199,9 +199,18 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
 
 
 @main.command()
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path), required=False)
 @click.option("--species", default=",".join(R.SPECIES), show_default=True, help="Comma-separated species.")
-@click.option("--release", "version", default=R.VERSION, show_default=True, help="Release version.")
+@click.option(
+    "--release",
+    "version",
+    default=R.VERSION,
+    show_default=True,
+    help="Release version: its manifest names the taxonomy directory and version to fetch.",
+)
+@click.option(
+    "--list-releases", is_flag=True, help="List the bucket's release versions and what each names; no DEST."
+)
 @click.option(
     "--what",
     "what",
@@ -214,7 +223,7 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
 @click.option("--dry-run", is_flag=True, help="List the files and sizes; download nothing.")
 @click.option("--jobs", type=int, default=4, show_default=True, help="Files fetched in parallel.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def download(dest, species, version, what, base_url, dry_run, jobs, quiet):
+def download(dest, species, version, what, base_url, dry_run, jobs, quiet, list_releases):
     """Download the release (or part of it) into DEST, in the bucket's layout, resumably and verified.
 
     Plain HTTPS with Range requests, no AWS credentials. Only the HMBA-BG release's two directories of the
@@ -228,6 +237,25 @@ def download(dest, species, version, what, base_url, dry_run, jobs, quiet):
         hmba-db download data/real-release --species Marmoset --what raw,metadata,taxonomy
     """
     from .release.download import download as run
+
+    if list_releases:
+        from .release.download import list_releases as listing
+
+        for r in listing(base_url):
+            if "error" in r:
+                click.echo(f"{r['version']}  (its manifest cannot be read: {r['error']})")
+                continue
+            named = "; ".join(
+                f"{d} ({', '.join(f'{k} {v}' for k, v in kinds.items())})"
+                for d, kinds in r["directories"].items()
+            )
+            click.echo(f"{r['version']}  {named}")
+            click.echo(
+                f"{'':10}download --release {r['version']} reads {R.EXPRESSION_DIR} and {r['taxonomy']}"
+            )
+        return
+    if dest is None:
+        raise click.UsageError("give DEST, the folder to download into (or --list-releases)")
 
     plan = run(
         dest,
@@ -575,6 +603,8 @@ def info(store):
         click.echo(f"snapshot  {info['snapshot']}{kept}")
     click.echo(f"built     {info['built_at']} by hmba-db {info['tool_version']}")
     click.echo(f"release   {info['release']} (version {info['release_version']})")
+    if info["licence"].get("taxonomy"):
+        click.echo(f"taxonomy  {info['licence']['taxonomy']}")
     click.echo("species   cells        with cluster  not in cell_metadata  genes    non-zeros      buckets")
     for sp in info["species"]:
         click.echo(

@@ -29,14 +29,39 @@ class Faults:
             return self.queue[path].pop(0) if self.queue[path] else None
 
 
+S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
 def serve(root: Path):
     faults = Faults()
 
     class Handler(BaseHTTPRequestHandler):
+        def _list(self):
+            """S3's ListObjectsV2 of `prefix` with `delimiter=/`: the folders under it, as CommonPrefixes."""
+            from urllib.parse import parse_qs, urlparse
+
+            q = parse_qs(urlparse(self.path).query)
+            prefix = q.get("prefix", [""])[0]
+            folder = Path(root) / prefix
+            subs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="{S3_NS}">'
+                f"<Name>bucket</Name><Prefix>{prefix}</Prefix><IsTruncated>false</IsTruncated>"
+                + "".join(f"<CommonPrefixes><Prefix>{prefix}{s}/</Prefix></CommonPrefixes>" for s in subs)
+                + "</ListBucketResult>"
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def log_message(self, *args):  # quiet
             pass
 
         def do_GET(self):  # noqa: N802
+            if self.path.startswith("/?") and "list-type=2" in self.path:
+                return self._list()
             rel = self.path.lstrip("/")
             faults.requests.append((rel, self.headers.get("Range")))
             fault = faults.next(rel)

@@ -1,4 +1,4 @@
-"""`hmba-db check`: validate a release directory against DATASET.md before any long work.
+"""`hmba-db check`: validate a release directory against docs/release.md before any long work.
 
 Cheap checks only (manifest, sizes, headers, h5ad structure, shapes against metadata row counts), so a
 50 GB release is judged in seconds; `--md5` adds a full read of every file. Every problem is one line that
@@ -92,8 +92,12 @@ def check_release(
     if lay.ignored:
         notes.append(
             f"{mpath}: {sum(lay.ignored.values()):,} files of {len(lay.ignored)} other datasets of the "
-            f"bucket ignored (only {R.EXPRESSION_DIR} and {R.TAXONOMY_DIR} are read)"
+            f"bucket ignored (only {R.EXPRESSION_DIR} and {lay.taxonomy_dir} are read)"
         )
+    notes.append(
+        f"taxonomy: {lay.taxonomy_dir}, version {lay.taxonomy_version} (the directory this release's "
+        "manifest names)"
+    )
     if data.get("version") != version:
         problems.append(
             Problem(
@@ -315,7 +319,7 @@ def _check_cells(
     m: CsrReader, rel, species, meta_cells: pd.DataFrame, lay: Layout, report, keep_cells: bool
 ) -> list[Problem]:
     """Matrix cells against cell_metadata.csv. ABC matrices may hold cells that cell_metadata leaves out
-    (cells that failed QC, DATASET.md section 3.1): counted, never a problem, unless no cell at all is
+    (cells that failed QC, docs/release.md, 'Metadata'): counted, never a problem, unless no cell at all is
     shared, which means the two files are from different releases."""
     labels = pd.Index(m.obs_names())
     if keep_cells:

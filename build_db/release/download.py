@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import HmbaError
+from ..errors import HmbaError, ReleaseError
 from ..files import write_atomic
 from ..progress import Reporter
 from . import layout as R
 from .cache import DownloadCache, mark_manifest_used
-from .manifest import FileEntry, md5_file, others, parse_manifest
+from .manifest import FileEntry, Layout, md5_file, parse_manifest
 
 CHUNK = 1 << 20  # bytes per read from the socket
 RETRIES = 6
@@ -104,6 +104,59 @@ def fetch_manifest(
     return entries
 
 
+def list_releases(
+    base_url: str = R.BUCKET_URL, timeout: float = TIMEOUT, retries: int = RETRIES, backoff: float = BACKOFF
+) -> list[dict]:
+    """The release versions the bucket's `releases/` holds (an S3 listing of that prefix, anonymous), each
+    with the HMBA directories its manifest names, their kinds and versions, and the taxonomy directory
+    `download --release VERSION` would read.
+
+    Example:
+        >>> [r["version"] for r in list_releases()]  # doctest: +SKIP
+    """
+    import xml.etree.ElementTree as ET
+
+    _check_base_url(base_url)
+    versions: list[str] = []
+    token = None
+    while True:  # S3 answers 1,000 keys a page
+        query = "?list-type=2&prefix=releases/&delimiter=/" + (
+            f"&continuation-token={urllib.parse.quote(token)}" if token else ""
+        )
+        url = _url(base_url, "") + query
+        data = _with_retries(lambda url=url: _read_all(url, timeout), url, retries, backoff)
+        try:
+            root = ET.fromstring(data)
+        except ET.ParseError as e:
+            raise DownloadError(f"{url}: not an S3 listing ({e}); check --base-url") from e
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        for p in root.iter(f"{ns}CommonPrefixes"):
+            prefix = p.findtext(f"{ns}Prefix") or ""
+            version = prefix.removeprefix("releases/").strip("/")
+            if version:
+                versions.append(version)
+        token = root.findtext(f"{ns}NextContinuationToken")
+        if root.findtext(f"{ns}IsTruncated") != "true" or not token:
+            break
+    out = []
+    for version in sorted(set(versions)):
+        url = _url(base_url, R.manifest_path(version))
+        try:
+            data = json.loads(_with_retries(lambda url=url: _read_all(url, timeout), url, retries, backoff))
+            entries = parse_manifest(data, url)
+        except (DownloadError, ReleaseError, json.JSONDecodeError) as e:
+            out.append({"version": version, "error": " ".join(str(e).split())[:200]})
+            continue
+        listed = {
+            d: {k: v.get("version", "") for k, v in kinds.get("directories", {}).items()}
+            for d, kinds in data.get("directory_listing", {}).items()
+            if d.startswith("HMBA")
+        }
+        lay = Layout(entries, version)
+        out.append({"version": version, "directories": listed, "taxonomy": lay.taxonomy_dir})
+    return out
+
+
 def _read_all(url: str, timeout: float) -> bytes:
     with _get(url, timeout) as r:
         return r.read()
@@ -142,13 +195,16 @@ def _with_retries(fn, url: str, retries: int = RETRIES, backoff: float = BACKOFF
     raise AssertionError("unreachable")
 
 
-def select(entries: list[FileEntry], species: tuple[str, ...], what: tuple[str, ...]) -> list[FileEntry]:
-    """The files of these species and parts, from our two directories only: matrices and gene tables per
-    species, shared CSVs once, the MapMyCells pair with `mapmycells`."""
+def select(
+    entries: list[FileEntry], species: tuple[str, ...], what: tuple[str, ...], version: str = R.VERSION
+) -> list[FileEntry]:
+    """The files of these species and parts, from our two directories only (the taxonomy's under the name
+    and version the release names): matrices and gene tables per species, shared CSVs once, the MapMyCells
+    pair with `mapmycells`."""
     per_species_genes = any(e.ours and e.key in {g.name for g in R.GENE_TABLES.values()} for e in entries)
     out = []
-    for e in entries:
-        if not e.ours or e.part not in what:
+    for e in Layout(entries, version).entries:
+        if e.part not in what:
             continue
         if e.species is not None and e.species not in species:
             continue
@@ -315,22 +371,26 @@ def download(
     dest.mkdir(parents=True, exist_ok=True)
     listed = fetch_manifest(base_url, version, dest, timeout, retries, backoff)
     mark_manifest_used(dest, version)
-    entries = select(listed, species, what)
+    entries = select(listed, species, what, version)
+    lay = Layout(listed, version)
     if not entries:
         raise DownloadError(
-            f"the manifest of release {version} lists no files of {R.EXPRESSION_DIR} or {R.TAXONOMY_DIR} "
+            f"the manifest of release {version} lists no files of {R.EXPRESSION_DIR} or {lay.taxonomy_dir} "
             f"for species {', '.join(species)} and parts {', '.join(what)}; check --release"
         )
+    rep.log(
+        f"taxonomy: {lay.taxonomy_dir}, version {lay.taxonomy_version} (the directory this release names)"
+    )
     cache = DownloadCache(dest)
     for note in cache.notes:
         rep.log(note)
     cache.rewrite_if_needed()
     p = plan(dest, entries, cache, rep)
-    p.ignored = others(listed)
+    p.ignored = lay.ignored
     if p.ignored:
         rep.log(
             f"the manifest lists {sum(p.ignored.values()):,} files of {len(p.ignored)} other datasets of "
-            f"the bucket; ignored (only {R.EXPRESSION_DIR} and {R.TAXONOMY_DIR} are read)"
+            f"the bucket; ignored (only {R.EXPRESSION_DIR} and {lay.taxonomy_dir} are read)"
         )
     if dry_run:
         return p

@@ -1,7 +1,7 @@
 """The HMBA-BG release layout, declared once: directories, file names, CSV columns, species.
 
 Everything that writes (synth), reads (build) or validates (check) a release takes its names from here.
-The source for every name is ../shared/hmba-bg/DATASET.md.
+The source for every name is docs/release.md ('The release's files, for reference').
 """
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ BUCKET_URL = f"https://{BUCKET}.s3.us-west-2.amazonaws.com/"
 RESOURCE_URI = f"s3://{BUCKET}/"
 
 EXPRESSION_DIR = "HMBA-10xMultiome-BG"
-TAXONOMY_DIR = "HMBA-BG-taxonomy-CCN20250428"
+TAXONOMY_DIR = "HMBA-BG-taxonomy-CCN20250428"  # 20250630's; the default
+# The taxonomy's directory under either name: releases documented after 20250630 drop the suffix
+# (metadata/HMBA-BG-taxonomy/20261031/, docs/release.md, 'Releases after 20250630'). A release's manifest
+# says which one it uses (manifest.Layout picks it).
+TAXONOMY_DIRS = (TAXONOMY_DIR, "HMBA-BG-taxonomy")
 # The real manifest lists the whole bucket (~36 datasets, many with the same file stems: cell_metadata,
-# gene, donor); everything here reads only these two directories of it (DATASET.md section 1.1).
-DIRECTORIES = (EXPRESSION_DIR, TAXONOMY_DIR)
+# gene, donor); everything here reads only these two directories of it (docs/release.md, 'The bucket and its
+# manifest').
+DIRECTORIES = (EXPRESSION_DIR, *TAXONOMY_DIRS)
 DATASET_LABEL = "HMBA-10xMultiome-BG"
 
 SPECIES = ("Human", "Macaque", "Marmoset")
@@ -31,32 +36,38 @@ DATA_LICENCE = "CC BY-NC 4.0"
 DATA_LICENCE_URL = "https://creativecommons.org/licenses/by-nc/4.0/"
 CITATION = (
     "Allen Institute for Brain Science. Human and Mammalian Brain Atlas, basal ganglia: single-nucleus "
-    "10x Multiome GEX (HMBA-10xMultiome-BG) and taxonomy HMBA-BG-taxonomy-CCN20250428, release {version}. "
+    "10x Multiome GEX (HMBA-10xMultiome-BG) and taxonomy {taxonomy} ({taxonomy_version}), release {version}. "
     "Allen Brain Cell Atlas, s3://allen-brain-cell-atlas/."
 )
 
 
-def terms_of_use(version: str = "20250630") -> dict[str, str]:
+def terms_of_use(
+    version: str = "20250630", taxonomy: str = TAXONOMY_DIR, taxonomy_version: str | None = None
+) -> dict[str, str]:
     return {
-        "dataset": f"{EXPRESSION_DIR} + {TAXONOMY_DIR}",
+        "dataset": f"{EXPRESSION_DIR} + {taxonomy}",
+        "taxonomy": f"{taxonomy} {taxonomy_version or version}",
         "data_licence": DATA_LICENCE,
         "data_licence_url": DATA_LICENCE_URL,
-        "citation": CITATION.format(version=version),
+        "citation": CITATION.format(
+            version=version, taxonomy=taxonomy, taxonomy_version=taxonomy_version or version
+        ),
     }
 
 
-# Real cells x genes per species matrix (DATASET.md section 2); `synth --scale 1` reproduces them.
+# Real cells x genes per species matrix (docs/release.md, 'Expression matrices'); `synth --scale 1`
+# reproduces them.
 REAL_CELLS = {"Human": 1_683_105, "Macaque": 839_102, "Marmoset": 414_575}
 REAL_GENES = {"Human": 36_601, "Macaque": 35_219, "Marmoset": 35_787}
 
 MATRIX_KINDS = ("raw", "log2")
-# What `download` and `check` take by default; `mapmycells` (the taxonomy's ~1 GB MapMyCells pair, DATASET.md
-# section 6) only when asked for, since the store does not read it.
+# What `download` and `check` take by default; `mapmycells` (the taxonomy's ~1 GB MapMyCells pair,
+# docs/release.md, 'MapMyCells resources') only when asked for, since the store does not read it.
 PARTS = ("raw", "log2", "metadata", "taxonomy")
 ALL_PARTS = (*PARTS, "mapmycells")
 MAPMYCELLS_KIND = "mapmycells"
 # Some releases ship one gene table for all species (the Aligned release's gene.csv) instead of one per
-# species; the layout takes whichever our metadata directory lists (DATASET.md section 3.5).
+# species; the layout takes whichever our metadata directory lists (docs/release.md, 'Metadata').
 SHARED_GENE_TABLE = "gene"
 
 
@@ -316,7 +327,7 @@ TAXONOMY_CSVS = (
 )
 ALL_CSVS = METADATA_CSVS + TAXONOMY_CSVS
 
-# The taxonomy's five levels, coarse to fine (DATASET.md section 4).
+# The taxonomy's five levels, coarse to fine (docs/release.md, 'Taxonomy').
 LEVELS = ("Neighborhood", "Class", "Subclass", "Group", "Cluster")
 LEVEL_LABELS = {name: f"CCN20250428_LEVEL_{i}" for i, name in enumerate(LEVELS)}
 TERM_PREFIX = {
@@ -327,7 +338,8 @@ TERM_PREFIX = {
     "Cluster": "CLUST",
 }
 
-# Accepted stored dtypes of the raw counts (DATASET.md section 2: unknown, so accept all plausible ones).
+# Accepted stored dtypes of the raw counts (docs/release.md, 'Expression matrices': unknown, so accept all
+# plausible ones).
 RAW_DTYPES = ("float32", "float64", "int32", "int64", "uint16", "uint32")
 
 

@@ -1,7 +1,7 @@
 """The release manifest (`releases/<version>/manifest.json`), in the format abc_atlas_access reads.
 
-DATASET.md section 1.1. A manifest lists every file with its relative path, size and md5; we write one for
-synthetic releases and read one to check, download and build.
+docs/release.md, 'The bucket and its manifest'. A manifest lists every file with its relative path, size and
+md5; we write one for synthetic releases and read one to check, download and build.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class FileEntry:
             return "mapmycells"
         if self.variant is not None:
             return self.variant
-        return "taxonomy" if self.directory == R.TAXONOMY_DIR else "metadata"
+        return "taxonomy" if self.directory in R.TAXONOMY_DIRS else "metadata"
 
     @property
     def name(self) -> str:
@@ -218,7 +218,7 @@ def others(entries: list[FileEntry]) -> dict[str, int]:
 
 
 class Layout:
-    """Where each file of the release is, as its manifest says (falling back to DATASET.md's layout).
+    """Where each file of the release is, as its manifest says (falling back to docs/release.md's layout).
 
     Only our two directories are looked at: the bucket's manifest lists ~36 datasets and the same stems
     (`cell_metadata`, `gene`, `donor`) recur in many of them. Relative paths come from the manifest rather
@@ -228,15 +228,24 @@ class Layout:
 
     def __init__(self, entries: list[FileEntry], version: str = R.VERSION):
         self.version = version
-        self.entries = ours(entries)
+        self.taxonomy_dir, self.taxonomy_version = _taxonomy(entries, version)
+        # The taxonomy directory this release does not use (a bucket-wide manifest may list both names) is
+        # another dataset of the bucket: ignored.
+        unused = [e for e in entries if e.directory in R.TAXONOMY_DIRS and e.directory != self.taxonomy_dir]
+        self.entries = [e for e in ours(entries) if e not in unused]
         self.ignored = others(entries)
+        for e in unused:
+            self.ignored[e.directory] = self.ignored.get(e.directory, 0) + 1
         self.by_key = {
             (e.directory, e.kind, e.key if e.variant is None else f"{e.key}/{e.variant}"): e.relative_path
             for e in self.entries
         }
 
+    def _dir(self, spec: R.CsvSpec) -> str:
+        return self.taxonomy_dir if spec.directory in R.TAXONOMY_DIRS else spec.directory
+
     def _listed(self, spec: R.CsvSpec, name: str) -> str | None:
-        return self.by_key.get((spec.directory, "metadata", name))
+        return self.by_key.get((self._dir(spec), "metadata", name))
 
     @property
     def shared_gene_table(self) -> bool:
@@ -256,6 +265,8 @@ class Layout:
         rel = self._listed(spec, spec.name)
         if rel is None and spec.species is not None and self.shared_gene_table:
             rel = self._listed(spec, R.SHARED_GENE_TABLE)
+        if rel is None and spec.directory in R.TAXONOMY_DIRS:
+            rel = f"metadata/{self.taxonomy_dir}/{self.taxonomy_version}/{spec.name}.csv"
         return rel or spec.relative_path(self.version)
 
     def matrix(self, species: str, kind: str) -> str:
@@ -268,8 +279,23 @@ class Layout:
         return [e for e in self.entries if e.part == "mapmycells"]
 
 
+def _taxonomy(entries: list[FileEntry], version: str) -> tuple[str, str]:
+    """The taxonomy directory and version a release's manifest names: the one listing metadata files; of
+    two (a manifest naming both the suffixed and the plain name), the one at the release's own version,
+    else the newest. 20250630's directory when the manifest lists none."""
+    listed: dict[str, set[str]] = {}
+    for e in entries:
+        if e.directory in R.TAXONOMY_DIRS and e.kind == "metadata":
+            listed.setdefault(e.directory, set()).add(e.version)
+    if not listed:
+        return R.TAXONOMY_DIR, version
+    best = max(listed, key=lambda d: (version in listed[d], max(listed[d]), R.TAXONOMY_DIRS.index(d)))
+    versions = listed[best]
+    return best, version if version in versions else max(versions)
+
+
 def layout(release: Path, version: str = R.VERSION) -> Layout:
-    """The release's Layout; DATASET.md's paths when there is no readable manifest."""
+    """The release's Layout; docs/release.md's paths when there is no readable manifest."""
     try:
         return Layout(read_manifest(release, version)[1], version)
     except ReleaseError:

@@ -237,14 +237,14 @@ def _build(
             "cell_major": cell_major,
         },
         "species": result.species,
-        **R.terms_of_use(version),
+        **R.terms_of_use(version, lay.taxonomy_dir, lay.taxonomy_version),
     }
     info["metadata"] = metadata_report
     # The sums are taken in the sort workers; this step's time is the merge of their parts into files.
     info["statistics"] = {"merge_seconds": round(stats_seconds, 2), "rows": stats_report}
     save_json(staging / "build.json", info)
     rep.step("catalog.duckdb: tables, views, descriptions")
-    keys = ("build_id", "tool_version", "built_at", "release", "release_version")
+    keys = ("build_id", "tool_version", "built_at", "release", "release_version", "taxonomy")
     bound = write_catalog(staging, snapshot_dir(store, build_id), {k: str(info[k]) for k in keys})
     # Not overlapped with the two steps above: tried, no faster (both cores are busy verifying) and
     # peak memory rose from 1.45 to 2.15 GiB at --scale 0.1.

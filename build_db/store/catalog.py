@@ -81,6 +81,12 @@ def _bindable(final: Path, files_at: Path):
                 p.rmdir()
 
 
+def _taxonomy(info: dict) -> tuple[str, str | None]:
+    """The taxonomy directory and version a build recorded ("<dir> <version>"); 20250630's before."""
+    directory, _, version = info.get("taxonomy", "").partition(" ")
+    return (directory or R.TAXONOMY_DIR), (version or None)
+
+
 def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
     """Create `files_at/catalog.duckdb` from `files_at/tables/*.parquet`, views pointing at `final`.
 
@@ -112,7 +118,8 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
     con.execute("create table store_info (key varchar, value varchar)")
     con.execute("create table licence (key varchar, value varchar)")
     con.executemany(
-        "insert into licence values (?, ?)", list(R.terms_of_use(info.get("release_version", "")).items())
+        "insert into licence values (?, ?)",
+        list(R.terms_of_use(info.get("release_version", ""), *_taxonomy(info)).items()),
     )
     bound_to = final
     # A store built without the cell-major copy has no expression_by_cell folder, so no view over it.
