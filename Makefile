@@ -12,7 +12,7 @@ SCALE ?= 0.01
 SPECIES ?= Marmoset
 WHAT ?= raw,metadata,taxonomy
 
-.PHONY: help demo test bench bench-full lint format synth check db docs clean
+.PHONY: help demo test bench bench-full lint typecheck format synth check db docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -125,6 +125,9 @@ bench-full: $(STAMP) $(WRK_STAMP) $(CHROMIUM_STAMP) ## one species at --scale 1 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check build_db tests
 	$(BIN)/ruff format --check build_db tests
+
+typecheck: $(STAMP) ## mypy on build_db/ (the public API strictly; pyproject.toml says how)
+	$(BIN)/mypy
 
 format: $(STAMP) ## apply ruff formatting and fixable lints
 	$(BIN)/ruff format build_db tests

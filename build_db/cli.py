@@ -82,7 +82,7 @@ class _Group(click.Group):
                 errno.ENOSPC: "free space and run the same command again (a build or download resumes)",
                 errno.EACCES: "check the permissions, or choose another place",
                 errno.EROFS: "that file system is read-only; choose another place",
-            }.get(e.errno, "check the path and run again")
+            }.get(e.errno or 0, "check the path and run again")
             raise click.ClickException(f"{where}{e.strerror or e}; {hint}") from e
         except MemoryError as e:
             raise click.ClickException(
@@ -188,7 +188,7 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
         scale=scale,
         genes=_genes(genes),
         seed=seed,
-        species=_species(species),
+        species=_species(species) or R.SPECIES,
         jobs=jobs,
         raw_dtype=raw_dtype,
         index_dtype=index_dtype,
@@ -259,7 +259,7 @@ def download(dest, species, version, what, base_url, dry_run, jobs, quiet, list_
 
     plan = run(
         dest,
-        species=_species(species),
+        species=_species(species) or R.SPECIES,
         what=_parts(what),
         version=version,
         base_url=base_url,
@@ -785,11 +785,13 @@ def query(store, name, params, fmt, plot, show_sql, engine):
             for k, v in rendered.values.items()
             if k not in ("gene_indexes", "gene_buckets")
         }
-        if "term" in shown and "term" not in given:
-            shown["term"] = q.param("term").default
+        term = q.param("term")
+        if "term" in shown and "term" not in given and term is not None:
+            shown["term"] = term.default
         title = f"{q.title}\n" + ", ".join(
             f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items()
         )
+        assert q.plot is not None  # checked before the query ran
         click.echo(f"plot written to {draw(df, q.plot, title, plot)}", err=True)
 
 
@@ -907,7 +909,8 @@ def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, 
     from .access.mapmycells import export_mapmycells as run
 
     ctx = click.get_current_context()
-    if markers_per_node and ctx.get_parameter_source("markers_per_child").name != "DEFAULT":
+    source = ctx.get_parameter_source("markers_per_child")
+    if markers_per_node and source is not None and source.name != "DEFAULT":
         raise click.UsageError("give --markers-per-child or --markers-per-node, not both")
     ref = run(
         store,

@@ -64,7 +64,10 @@ def test_release_only_has_our_directories(tmp_path):
         tmp_path / "r", scale=0.0002, genes=200, quiet=True, species=("Marmoset",), bucket_shape=False
     )
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - set(CACHE_FILES)
-    assert {f.split("/")[1] for f in files if not f.startswith("releases/")} == {R.EXPRESSION_DIR, R.TAXONOMY_DIR}
+    assert {f.split("/")[1] for f in files if not f.startswith("releases/")} == {
+        R.EXPRESSION_DIR,
+        R.TAXONOMY_DIR,
+    }
     assert not any(f.startswith("mapmycells/") for f in files)
     report = check_release(out)
     assert report.ok and report.cells_outside_metadata == {"Marmoset": 0}

@@ -4,6 +4,7 @@ and where a connection's files are.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def bucket_files(con: duckdb.DuckDBPyConnection, species: str, buckets) -> list[
 
 
 def connect(
-    store: Path | str,
+    store: str | os.PathLike,
     *,
     read_only: bool = True,
     threads: int | None = None,
@@ -58,14 +59,14 @@ def connect(
     if is_url(store):
         from .remote import connect_url
 
-        return connect_url(store, threads=threads, setup=setup)
+        return connect_url(str(store), threads=threads, setup=setup)
     store = Path(store).absolute()
     path = store / CATALOG
     if not path.exists():
         raise HmbaError(
             f"{path}: not found; build the store first (hmba-db build RELEASE {store})", path=path
         )
-    config = {"threads": threads} if threads else {}
+    config: dict[str, str | bool | int | float | list[str]] = {"threads": threads} if threads else {}
     con = None
     try:
         if not private:
@@ -107,6 +108,10 @@ def connect(
             )
             con.execute(temp)
     return con
+
+
+# What the public functions take: a store's folder, a published store's URL, or an open connection.
+StoreOrConnection = str | os.PathLike | duckdb.DuckDBPyConnection
 
 
 def first_rows(reader, max_rows: int):

@@ -12,6 +12,7 @@ Either way the counts arrive in Arrow batches: memory is the output matrix plus 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -21,7 +22,7 @@ import pandas as pd
 from ..errors import HmbaError
 from ..release import layout as R
 from ..store.catalog import views_of
-from .connect import bucket_files, connect, store_of
+from .connect import StoreOrConnection, bucket_files, connect, store_of
 from .genes import resolve
 from .sandbox import check_condition
 
@@ -50,14 +51,14 @@ def cells_condition(con: duckdb.DuckDBPyConnection, cells: str) -> str:
 
 
 def _cells(con: duckdb.DuckDBPyConnection, species: str, cells) -> pd.DataFrame:
-    base = "select * from cells where species = ?"
-    if cells is None:
-        sql, args = base, [species]
-    elif isinstance(cells, str):
-        sql, args = f"{base} and {cells_condition(con, cells)}", [species]
-    else:
+    sql = "select * from cells where species = ?"
+    args: list[object] = [species]
+    if isinstance(cells, str):
+        sql += f" and {cells_condition(con, cells)}"
+    elif cells is not None:
         labels = [str(c) for c in cells]
-        sql, args = f"{base} and cell_label in (select unnest(?))", [species, labels]
+        sql += " and cell_label in (select unnest(?))"
+        args.append(labels)
     try:
         df = con.execute(f"{sql} order by cell_index", args).df()
     except duckdb.Error as e:
@@ -151,6 +152,7 @@ def _read_by_cell(con, species, obs, row_of, gene_col, n_vars: int, dtype):
         params=[species],
     ).to_arrow_reader(BY_CELL_BATCH_ROWS)
     n_obs = len(obs)
+    batches: Iterable[tuple]
     if gene_col is None:
         lengths = obs.genes_detected.fillna(0).to_numpy(np.int64)
         batches = (
@@ -270,12 +272,12 @@ def estimate_nnz(
 
 
 def to_anndata(
-    store_or_con,
+    store_or_con: StoreOrConnection,
     species: str,
     genes: list[str] | None = None,
     cells: str | list[str] | None = None,
     *,
-    dtype=np.float32,
+    dtype: type = np.float32,
     read: str = "auto",
 ) -> anndata.AnnData:
     """Cells x genes raw counts (CSR) of one species as an AnnData: `obs` from the cells table (indexed by

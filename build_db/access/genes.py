@@ -7,7 +7,7 @@ import difflib
 import itertools
 import weakref
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -58,7 +58,8 @@ def resolve(
     key = what.split()[-1]
     if not tokens:
         raise HmbaError(f"{what}: give at least one gene symbol", key=key)
-    rows, unknown = [], {t: [] for t in tokens}
+    rows: list[Resolved] = []
+    unknown: dict[str, list[str]] = {t: [] for t in tokens}
     for s in species:
         find = symbol_finder(con, s)
         found = {t: find(t) for t in tokens}
@@ -166,7 +167,7 @@ def closest(con: duckdb.DuckDBPyConnection, species: str, token: str, n: int = 3
 
 # Per store build (path and built_at): symbol tables here and the analyses' per-cell term arrays, loaded
 # once per process.
-CACHE: dict[tuple, object] = {}
+CACHE: dict[tuple, Any] = {}
 
 
 # Per connection, the build it reads (a connection stays on one snapshot for its life): two round trips to
@@ -253,7 +254,8 @@ class _GeneIndex:
     def contains(self, q: str, n: int) -> list[int]:
         import bisect
 
-        out, at = [], self.blob.find(q)
+        out: list[int] = []
+        at = self.blob.find(q)
         while at >= 0 and len(out) < n:
             i = bisect.bisect_right(self.starts, at) - 1
             out.append(i)
@@ -306,7 +308,9 @@ def search_genes(
     if not q:
         return []
     ranked: list[tuple[tuple, GeneHit]] = []
-    indexes = [(order, s, _gene_index(con, s), set()) for order, s in enumerate(species)]
+    indexes: list[tuple[int, str, _GeneIndex, set[int]]] = [
+        (order, s, _gene_index(con, s), set()) for order, s in enumerate(species)
+    ]
 
     def add(order: int, s: str, index: _GeneIndex, seen: set, i: int, match: str, rank: int, near=0) -> None:
         if i not in seen:

@@ -10,10 +10,10 @@ import duckdb
 
 from ..release import layout as R
 from ..store.paths import BUILD_JSON, files_root, is_url
-from .connect import connect, store_of
+from .connect import StoreOrConnection, connect, store_of
 
 
-def store_info(store_or_con, *, sizes: bool = False) -> dict:
+def store_info(store_or_con: StoreOrConnection, *, sizes: bool = False) -> dict:
     """The store's build (id, time, tool version), its release and licence, and per species the cells (with
     a cluster, outside cell_metadata.csv), genes, non-zeros and buckets. `sizes=True` adds the bytes on disk
     of the whole store and of each snapshot (a walk over every file: seconds on a full-scale store).

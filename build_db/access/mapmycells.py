@@ -339,18 +339,15 @@ def query_markers(
         for d in range(len(hierarchy) - 1)
         for node, children in tree[hierarchy[d]].items()
     ]
-    out = {}
+    out: dict[str, list[str]] = {}
     for key, depth, children in parents:
         if len(children) < 2:
             out[key] = []
             continue
-        sums, counts, expressing = [], [], []
-        for c in children:
-            rows = leaves_under[(depth + 1, c)]
-            sums.append(arrays["sum"][rows].sum(axis=0))
-            expressing.append(arrays["gt0"][rows].sum(axis=0))
-            counts.append(n_cells[rows].sum())
-        sums, expressing, counts = np.array(sums), np.array(expressing), np.array(counts, dtype=np.float64)
+        leaves = [leaves_under[(depth + 1, c)] for c in children]
+        sums = np.array([arrays["sum"][rows].sum(axis=0) for rows in leaves])
+        expressing = np.array([arrays["gt0"][rows].sum(axis=0) for rows in leaves])
+        counts = np.array([n_cells[rows].sum() for rows in leaves], dtype=np.float64)
         rankings = []
         for i in range(len(children)):
             mean = sums[i] / counts[i]

@@ -24,6 +24,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -32,8 +33,8 @@ from sqlglot import exp
 
 from ..errors import HmbaError
 from ..release import layout as R
-from .connect import connect
-from .genes import resolve
+from .connect import StoreOrConnection, connect
+from .genes import Resolved, resolve
 
 QUERIES_DIR = Path(__file__).resolve().parents[2] / "queries"
 PARAM_TYPES = {
@@ -175,10 +176,10 @@ def parse_query_file(path: Path) -> NamedQuery:
     return q
 
 
-_TREES: dict[str, exp.Expression] = {}
+_TREES: dict[str, exp.Query] = {}
 
 
-def _parse(q: NamedQuery) -> exp.Expression:
+def _parse(q: NamedQuery) -> exp.Query:
     """The query's syntax tree: a fresh copy of a cached parse (render edits it)."""
     if q.sql in _TREES:
         return _TREES[q.sql].copy()
@@ -186,10 +187,11 @@ def _parse(q: NamedQuery) -> exp.Expression:
         trees = sqlglot.parse(q.sql, read="duckdb")
     except sqlglot.errors.ParseError as e:
         raise HmbaError(f"{q.path}: the SQL does not parse: {' '.join(str(e).split())}", path=q.path) from e
-    if len(trees) != 1 or not isinstance(trees[0], exp.Query):
+    tree = trees[0] if len(trees) == 1 else None
+    if not isinstance(tree, exp.Query):
         raise HmbaError(f"{q.path}: a query file holds exactly one SELECT", path=q.path)
-    _TREES[q.sql] = trees[0]
-    return trees[0].copy()
+    _TREES[q.sql] = tree
+    return tree.copy()
 
 
 _PARSED: dict[tuple, NamedQuery] = {}
@@ -284,7 +286,7 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
         )
     built = _built_species(con)
     raw = {p.name: params.get(p.name, p.default) for p in query.params}
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     notes: list[str] = []
     for p in query.params:
         if raw[p.name] is None:
@@ -315,12 +317,12 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
             scope = chosen
         elif p.type == "level":
             values[p.name] = level = R.level_named(v, f"--param {p.name}")
-    selected: list[tuple] = []
+    selected: list[Resolved] = []
     for p in query.params:
         v = raw[p.name]
         if p.type in ("int", "float"):
             try:
-                values[p.name] = int(v) if p.type == "int" else float(v)
+                values[p.name] = int(str(v)) if p.type == "int" else float(str(v))
             except (TypeError, ValueError, OverflowError):
                 raise HmbaError(f"--param {p.name}={v}: expected {PARAM_TYPES[p.type]}", key=p.name) from None
             if not math.isfinite(values[p.name]) or abs(values[p.name]) > MAX_NUMBER:
@@ -356,11 +358,11 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
     return Rendered(query, tree.sql(dialect="duckdb", pretty=True, copy=False), values, notes)
 
 
-def _per_species(tree: exp.Expression, selected: list[tuple], species_param: str) -> None:
+def _per_species(tree: exp.Expr, selected: list[Resolved], species_param: str) -> None:
     """A SELECT filtering on the species list and `$gene_indexes` becomes a UNION ALL of one SELECT per
     species, each with that species' own gene indexes and buckets: a gene's index differs between species,
     so one list for all of them would read each species' row groups for the other species' genes too."""
-    by_species: dict[str, list[tuple]] = {}
+    by_species: dict[str, list[Resolved]] = {}
     for r in selected:
         by_species.setdefault(r.species, []).append(r)
     if len(by_species) < 2:
@@ -382,7 +384,7 @@ def _per_species(tree: exp.Expression, selected: list[tuple], species_param: str
                 if ph.this in own:
                     _substitute(ph, own[ph.this])
             parts.append(part)
-        union = parts[0]
+        union: exp.Query = parts[0]
         for part in parts[1:]:
             union = exp.union(union, part, distinct=False)
         select.replace(union)
@@ -398,15 +400,15 @@ def _substitute(ph: exp.Placeholder, value) -> None:
         parent.set("field", None)
         parent.set("expressions", literals)
     elif isinstance(parent, exp.In):  # x in ($list)
-        items = []
+        items: list[exp.Expr] = []
         for e in parent.expressions:
-            items += literals if e is ph else [e]
+            items.extend(literals if e is ph else [e])
         parent.set("expressions", items)
     else:  # anywhere else, a list value: [a, b, ...]
         ph.replace(exp.Array(expressions=literals))
 
 
-def _values_table(rows: list[tuple], alias: str) -> exp.Expression:
+def _values_table(rows: list[Resolved], alias: str) -> exp.Expression:
     """`(VALUES (...), ...) AS alias(columns)`, built as nodes (no SQL text generated and parsed again:
     this is most of a query's rendering time otherwise)."""
 
@@ -423,7 +425,9 @@ def _values_table(rows: list[tuple], alias: str) -> exp.Expression:
     )
 
 
-def run_query(store_or_con, name: str, *, engine: str = "duckdb", spark=None, **params) -> pd.DataFrame:
+def run_query(
+    store_or_con: StoreOrConnection, name: str, *, engine: str = "duckdb", spark: Any = None, **params: object
+) -> pd.DataFrame:
     """Run a named query; returns a DataFrame (attrs: query name, the SQL run, notes).
 
     `engine="spark"` runs it on Spark instead (the SQL transpiled by sqlglot): `store_or_con` is then the

@@ -107,7 +107,7 @@ def write_stream(reader, fmt: str, out) -> list[str]:
     memory never becomes one DataFrame); returns the notes about values JSON cannot hold."""
     import pyarrow as pa
 
-    first, infinite = True, {}
+    first, infinite = True, dict[str, int]()
     if fmt == "json":
         out.write("[")
     for batch in reader:

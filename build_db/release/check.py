@@ -111,8 +111,8 @@ def check_release(
         species = listed_species
     wanted = _expected(species, parts, lay, notes)
     by_path = {e.relative_path: e for e in lay.entries}
-    for e in lay.entries:
-        problems += _entry_consistency(e, mpath)
+    for listed_entry in lay.entries:
+        problems += _entry_consistency(listed_entry, mpath)
     unlisted = [
         s for s in species if not any(e.species == s and e.part in R.MATRIX_KINDS for e in lay.entries)
     ]
@@ -135,40 +135,40 @@ def check_release(
                     f"{version} (or the species/part was not published)",
                 )
             )
-    present = []
+    present: list[str] = []
     cache = DownloadCache(release) if md5 == "untrusted" else None
     hashed, trusted, hash_bytes, hash_seconds = 0, 0, 0, 0.0
     checked: dict[str, str] = {}
     for rel in wanted:
-        e = by_path.get(rel)
+        entry = by_path.get(rel)
         path = release / rel
         if not path.exists():
             problems.append(Problem(rel, f"missing; {REDOWNLOAD} or leave it out with --species/--what"))
             continue
-        if e is not None and path.stat().st_size != e.size:
+        if entry is not None and path.stat().st_size != entry.size:
             problems.append(
                 Problem(
                     rel,
-                    f"size {path.stat().st_size:,} bytes, manifest says {e.size:,}; "
+                    f"size {path.stat().st_size:,} bytes, manifest says {entry.size:,}; "
                     f"the file is truncated or replaced: {REDOWNLOAD}",
                 )
             )
             continue
-        if md5 and e is not None:
-            if cache is not None and cache.known(path) and cache.unchanged(path, e):
+        if md5 and entry is not None:
+            if cache is not None and cache.known(path) and cache.unchanged(path, entry):
                 trusted += 1
                 checked[rel] = "trusted"
             else:
                 t0 = time.monotonic()
                 digest = md5_file(path)
-                hashed, hash_bytes = hashed + 1, hash_bytes + e.size
+                hashed, hash_bytes = hashed + 1, hash_bytes + entry.size
                 hash_seconds += time.monotonic() - t0
-                if digest != e.file_hash:
+                if digest != entry.file_hash:
                     problems.append(
                         Problem(
                             rel,
-                            f"md5 {digest} differs from the manifest's {e.file_hash}; the file is corrupt: "
-                            f"{REDOWNLOAD}",
+                            f"md5 {digest} differs from the manifest's {entry.file_hash}; the file is "
+                            f"corrupt: {REDOWNLOAD}",
                         )
                     )
                     continue
@@ -300,8 +300,8 @@ def _check_matrices(
                     if kind == "raw" and meta_cells is not None:
                         problems += _check_cells(m, rel, s, meta_cells, lay, report, keep_cells)
                     report.shapes[f"{s}/{kind}"] = m.shape
-            except ReleaseError as e:
-                problems.append(Problem(rel, str(e).split(": ", 1)[1] if ": " in str(e) else str(e)))
+            except ReleaseError as err:
+                problems.append(Problem(rel, str(err).split(": ", 1)[1] if ": " in str(err) else str(err)))
             except OSError as e:  # h5py on a damaged chunk read directly here
                 problems.append(Problem(rel, f"cannot be read ({' '.join(str(e).split())}); {REDOWNLOAD}"))
         if len(seen) == 2 and seen["raw"] != seen["log2"]:

@@ -21,6 +21,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import HmbaError, ReleaseError
 from ..files import write_atomic
@@ -138,7 +139,7 @@ def list_releases(
         token = root.findtext(f"{ns}NextContinuationToken")
         if root.findtext(f"{ns}IsTruncated") != "true" or not token:
             break
-    out = []
+    out: list[dict[str, Any]] = []
     for version in sorted(set(versions)):
         url = _url(base_url, R.manifest_path(version))
         try:
@@ -428,8 +429,8 @@ def download(
             for f in futures:
                 try:
                     f.result()
-                except DownloadError as e:
-                    errors.append(e)
+                except DownloadError as err:
+                    errors.append(err)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise DownloadError(f"{errors[0]}{more}")

@@ -232,7 +232,10 @@ class CsrReader:
                 raise self._fail(f"'X/{name}' is missing; the file is truncated or not a CSR h5ad")
         if "shape" not in x.attrs:
             raise self._fail("'X' has no 'shape' attribute; the file is truncated or not a CSR h5ad")
-        self.shape = tuple(int(v) for v in x.attrs["shape"])
+        dims = [int(v) for v in x.attrs["shape"]]
+        if len(dims) != 2:
+            raise self._fail(f"'X' has shape {dims}, not cells x genes; the file is damaged or not a matrix")
+        self.shape: tuple[int, int] = (dims[0], dims[1])
         self.data = x["data"]
         self.indices = x["indices"]
         self.indptr_ds = x["indptr"]

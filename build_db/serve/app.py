@@ -468,7 +468,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 ),
             )
         )
-        endpoint.__signature__ = inspect.Signature(params)
+        endpoint.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # FastAPI reads it
         endpoint.__name__ = f"query_{q.name}"
         return endpoint
 
@@ -552,9 +552,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         ),
     ):
         def make(snap, con):
-            (chosen,) = _species_list(species_of(snap), species)[:1] or [None]
-            if "," in species or species.lower() == "all":
-                raise ApiError(400, f"species={species}: give one species")
+            chosen = _one_species(species_of(snap), species)
             u = umap_points(con, chosen, gene, max_points)
             return _umap_body(u, format, snap.build_id)
 

@@ -52,11 +52,11 @@ def serve(
     check_port(host, port)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(message)s")
     app = create_app(config)  # opens the store now: a bad store is one line before the port opens
-    target = None
+    target: object = app  # the app, or with workers the factory each worker process calls
     if workers > 1:  # each worker process makes its own app from the environment
         app.state.stores.close()
         os.environ["HMBA_SERVE_CONFIG"] = json.dumps(asdict(config))
-        app, target = None, "build_db.serve.app:app_from_env"
+        target = "build_db.serve.app:app_from_env"
     shown = "localhost" if host in LOCAL_HOSTS else host
     print(
         f"serving {config.store} at http://{shown}:{port}/ (API {shown}:{port}/api/v1, docs /api/docs); "
@@ -64,11 +64,11 @@ def serve(
         file=sys.stderr,
     )
     uvicorn.run(
-        app if app is not None else target,
+        target,  # type: ignore[arg-type]  # an ASGI app or its import string, as uvicorn takes either
         host=host,
         port=port,
         workers=workers if workers > 1 else None,
-        factory=app is None,
+        factory=workers > 1,
         log_level=log_level,
         access_log=log_level == "debug",
         timeout_graceful_shutdown=5,

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
@@ -21,6 +22,9 @@ from ..access import genes as G
 from ..access.connect import connect
 from ..errors import HmbaError
 from ..store.paths import files_root, is_url
+
+if TYPE_CHECKING:
+    from ..access.sandbox import Sandbox
 
 log = logging.getLogger("hmba-db.serve")
 POOL_SIZE = 4  # connections per snapshot: requests beyond wait their turn (DuckDB runs 2 threads each)
@@ -49,7 +53,7 @@ class Snapshot:
         self.retired = False
         self._lock = threading.Lock()
         self._sandbox_options = sandbox_options
-        self._sandbox = None
+        self._sandbox: Sandbox | None = None
 
     @contextlib.contextmanager
     def connection(self):
@@ -98,7 +102,7 @@ class Stores:
         self._current = self._open(self._where())
 
     def _where(self) -> Path | str:
-        return self.store if is_url(self.store) else files_root(self.store)
+        return self.store if is_url(self.store) else files_root(Path(self.store))
 
     def _open(self, where: Path | str) -> Snapshot:
         return Snapshot(where, self.pool_size, self.sandbox_options)

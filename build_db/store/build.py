@@ -408,7 +408,7 @@ def _build_species(
         f"{species}: scatter {shape[0]:,} cells x {shape[1]:,} genes, {nnz:,} non-zeros "
         f"into {plural(plan.n_buckets, 'gene bucket')} and {plural(cells.n_buckets, 'cell bucket')}"
     )
-    todo = {
+    todo: dict[int | str, tuple] = {
         t: (_scatter_job, (str(raw_path), plan, r0, r1, str(scatter_dir), t, q))
         for t, (r0, r1) in zip(tags, splits, strict=True)
         if t not in sstate["scatter"]

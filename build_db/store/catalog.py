@@ -137,8 +137,9 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
             con.execute(view_sql(name, files_at))
     rows = {**info, "store_path": str(bound_to)}
     con.executemany("insert into store_info values (?, ?)", list(rows.items()))
-    for t in CATALOG_ONLY:  # as Parquet too, for engines that do not read catalog.duckdb (Spark)
-        con.execute(f"copy {t} to {sql_literal(files_at / 'tables' / (t + '.parquet'))} (format parquet)")
+    for name in CATALOG_ONLY:  # as Parquet too, for engines that do not read catalog.duckdb (Spark)
+        target = sql_literal(files_at / "tables" / f"{name}.parquet")
+        con.execute(f"copy {name} to {target} (format parquet)")
     write_comments(con)
     con.execute("use memory")
     con.execute("detach catalog")

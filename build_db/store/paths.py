@@ -38,14 +38,14 @@ def bucket_dir(store: Path, species: str, k: int) -> Path:
 def bucket_file(store: Path | str, species: str, k: int) -> Path | str:
     """A bucket's file; under a URL (a published store read over the network) its URL."""
     if is_url(store):
-        return f"{store.rstrip('/')}/expression/species={species}/gene_bucket={k:04d}/part-0.parquet"
-    return bucket_dir(store, species, k) / "part-0.parquet"
+        return f"{str(store).rstrip('/')}/expression/species={species}/gene_bucket={k:04d}/part-0.parquet"
+    return bucket_dir(Path(store), species, k) / "part-0.parquet"
 
 
 def cell_bucket_file(store: Path | str, species: str, k: int) -> Path | str:
     """A file of the cell-major projection (expression_by_cell): cell bucket k, a range of cell_rank."""
     rel = f"expression_by_cell/species={species}/cell_bucket={k:04d}/part-0.parquet"
-    return f"{store.rstrip('/')}/{rel}" if is_url(store) else Path(store) / rel
+    return f"{str(store).rstrip('/')}/{rel}" if is_url(store) else Path(store) / rel
 
 
 def staging_dir(store: Path) -> Path:

@@ -380,8 +380,8 @@ def scatter(
                 f.close()
     for k, sizes in blocks.items():
         np.save(staging / f"b{k:04d}.{tag}.blocks.npy", np.asarray(sizes, dtype=np.int64))
-    for k, sizes in cell_blocks.items():
-        np.save(_cell_staged(staging, k, tag, "blocks.npy"), np.asarray(sizes, dtype=np.int64).reshape(-1, 2))
+    for k, pairs in cell_blocks.items():
+        np.save(_cell_staged(staging, k, tag, "blocks.npy"), np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
     if totals.size and totals.max() >= 2**31:
         raise ReleaseError(
             f"{path}: a cell has more than 2^31 UMIs; this is not a raw count matrix", path=path
@@ -418,8 +418,8 @@ def _stage_block(
     gene_sums = np.zeros(plan.n_genes, dtype=np.int64)
     gene_sums[expressed] = np.add.reduceat(wide, gene_ptr[expressed])
     weighted = np.arange(plan.n_genes, dtype=np.int64) * gene_sums
-    for i, k in enumerate(present):
-        k = int(k)
+    for i, kk in enumerate(present):
+        k = int(kk)
         lo, hi = int(bounds[k]), int(bounds[k + 1])
         if k not in files:
             files[k] = [open(_staged(staging, k, tag, name), "wb") for name, _ in STAGED]

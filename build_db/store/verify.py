@@ -180,14 +180,14 @@ def _verify_species(pool, store: Path, sp: str, meta: dict, jobs: int) -> list[s
         if kind == "cell" and not n_cell_buckets:  # built without the cell-major copy
             continue
         where = "" if kind == "gene" else " (expression_by_cell)"
-        have_sum = have_sum.astype(np.int64)
-        for name, got, want in (("total counts", have_sum, want_sum), ("genes detected", have_n, want_n)):
-            bad = np.flatnonzero(got != want)
+        summed = have_sum.astype(np.int64)
+        for name, seen, want in (("total counts", summed, want_sum), ("genes detected", have_n, want_n)):
+            bad = np.flatnonzero(seen != want)
             if len(bad):
                 c = int(bad[0])
                 problems.append(
                     f"{len(bad):,} cells' {name}{where} differ from the source, first cell_index {c}: "
-                    f"{got[c]:,} in the store, {want[c]:,} in the source"
+                    f"{seen[c]:,} in the store, {want[c]:,} in the source"
                 )
     if int(want_sum.sum()) != meta["sum"] or int(want_n.sum()) != meta["nnz"]:
         problems.append(

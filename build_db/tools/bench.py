@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def run_measured(cmd: list[str], watch: Path | None = None) -> tuple[float, int,
         nonlocal disk
         while proc.poll() is None:
             try:
-                disk = max(disk, _du(watch) if watch.exists() else 0)
+                disk = max(disk, _du(watch) if watch is not None and watch.exists() else 0)
             except OSError:  # files come and go while we count
                 pass
             time.sleep(2)
@@ -72,7 +73,7 @@ def run_measured(cmd: list[str], watch: Path | None = None) -> tuple[float, int,
     if watcher:
         watcher.join()
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()}")
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read() if proc.stderr else ''}")
     return took, peak, disk
 
 
@@ -134,7 +135,7 @@ def build_ladder(out: Path, scales: list[float]) -> list[dict]:
     as Human gets at --scale 1), which is what decides a full build's peak memory."""
     rows = []
     exe = [sys.executable, "-m", "build_db"]
-    runs = [(s, f"{s:g}", "", []) for s in scales]
+    runs: list[tuple[float, str, str, list]] = [(s, f"{s:g}", "", []) for s in scales]
     small = [s for s in scales if s < 1]
     if small:
         s = max(small)
@@ -224,7 +225,7 @@ QUERY_GENE = "DRD1"
 NOTEBOOK_GENES = ["SLC17A6", "SLC32A1", "PTPRC", "PLP1", "AQP4", "DRD1", "DRD2"]
 
 
-def _median_ms(fn, repeat: int = 7) -> tuple[float, object]:
+def _median_ms(fn, repeat: int = 7) -> tuple[float, Any]:
     result = fn()  # the first run warms DuckDB's and the OS's caches; the targets are for warm queries
     times = []
     for _ in range(repeat):

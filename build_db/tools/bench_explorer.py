@@ -18,6 +18,7 @@ import json
 import statistics
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from .bench_serve import _genes
 from .browser import launch
@@ -26,7 +27,7 @@ from .served import Server
 WAIT_MS = 60_000
 
 
-def _open(browser, url: str, selector: str, attr: str = "drawn-ms") -> tuple[float, object]:
+def _open(browser, url: str, selector: str, attr: str = "drawn-ms") -> tuple[float, Any]:
     context = browser.new_context(viewport={"width": 1300, "height": 1000})
     page = context.new_page()
     page.goto(url)

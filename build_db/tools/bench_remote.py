@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE_PYTHON = ROOT / ".venv-remote" / "bin" / "python"
@@ -103,9 +104,11 @@ def spark_rows(store: Path, repeat: int = 3) -> list[dict]:
     register(spark, store)
     registered = time.perf_counter() - t0
     con = connect(store)
-    rows = [{"query": "(session start; register)", "duckdb_ms": None, "spark_ms": (started, registered)}]
+    rows: list[dict[str, Any]] = [
+        {"query": "(session start; register)", "duckdb_ms": None, "spark_ms": (started, registered)}
+    ]
     for q in list_queries().values():
-        out = {"query": q.name}
+        out: dict[str, Any] = {"query": q.name}
         for engine, kw in (("duckdb", {}), ("spark", {"engine": "spark", "spark": spark})):
             target = con if engine == "duckdb" else store
             out[f"{engine}_ms"], _ = _median_ms(

@@ -81,6 +81,7 @@ def cell_slice(uri: str, cells_path: str, repeat: int) -> dict:
             with exp.axis_query("RNA", obs_query=tiledbsoma.AxisQuery(coords=(coords,))) as q:
                 adata = q.to_anndata(X_name="data")
             times.append(time.perf_counter() - t0)
+    assert adata is not None  # the loop ran at least once
     return {
         "seconds": times,
         "shape": list(adata.shape),

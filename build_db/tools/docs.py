@@ -347,10 +347,11 @@ def run_python(code: list[str], store: str) -> list[str]:
     out: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         for node in tree.body:
-            text = "\n".join(kept[node.lineno - 1 : node.end_lineno])
+            end = node.end_lineno or node.lineno
+            text = "\n".join(kept[node.lineno - 1 : end])
             runnable = text.replace('"data/demo-store"', repr(os.fspath(store)))
-            out += kept[node.lineno - 1 : node.end_lineno]
-            wants = after.get(node.end_lineno - 1, False)
+            out += kept[node.lineno - 1 : end]
+            wants = after.get(end - 1, False)
             try:
                 if isinstance(node, ast.Expr):
                     value = eval(compile(runnable, "<docs>", "eval"), namespace)  # noqa: S307 - our docs
@@ -364,7 +365,7 @@ def run_python(code: list[str], store: str) -> list[str]:
                 shown_text = f"{type(e).__name__}: {e}"
             if wants:
                 out += [("# " + ln).rstrip() for ln in shown_text.rstrip().split("\n")]
-            if node is not tree.body[-1] and kept[node.end_lineno : node.end_lineno + 1] == [""]:
+            if node is not tree.body[-1] and kept[end : end + 1] == [""]:
                 out.append("")
     return out
 

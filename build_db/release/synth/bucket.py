@@ -96,5 +96,5 @@ def _mapmycells(rel, tax: Taxonomy, cluster_counts: np.ndarray) -> None:
             "cluster_to_row", data=json.dumps({c.label: i for i, c in enumerate(tax.clusters)}).encode()
         )
         f.create_dataset("n_cells", data=np.asarray(cluster_counts, dtype=np.int64))
-    markers = {"None": []}
+    markers: dict[str, list[str]] = {"None": []}
     rel(R.MAPMYCELLS_KIND, R.TAXONOMY_DIR, R.VERSION, MAPMYCELLS_MARKERS).write_text(json.dumps(markers))

@@ -95,7 +95,7 @@ def donors(seed: int) -> pd.DataFrame:
 
 def libraries(seed: int, donor_table: pd.DataFrame) -> pd.DataFrame:
     rng = np.random.default_rng([seed, 5])
-    rows = []
+    rows: list[tuple] = []
     serial = 0
     for genus, n in LIBRARIES.items():
         species_donors = donor_table.loc[donor_table.species_genus == genus, "donor_label"].tolist()

@@ -119,7 +119,7 @@ def gene_table(species: str, n_genes: int, seed: int) -> pd.DataFrame:
         identifiers = [f"NCBIGene:{k}" for k in ids]
         mapped = identifiers
     columns = R.GENE_TABLES[species].columns
-    data = {
+    data: dict[str, object] = {
         "gene_identifier": identifiers,
         "gene_symbol": symbols,
         "name": [f"{s} ({species.lower()} gene)" if s else "" for s in symbols],
@@ -161,10 +161,10 @@ def species_model(species: str, n_genes: int, tax: Taxonomy, seed: int) -> Speci
     for gi in range(n_groups):
         group_markers[gi] = rng.choice(candidates, size=GROUP_MARKERS, replace=False)
         weights[gi, group_markers[gi]] *= GROUP_MARKER_FOLD
-    for sym, (programs, level) in MARKERS.items():
+    for sym, (programs, marker_level) in MARKERS.items():
         col = marker_pos[sym]
         on = np.array([any(p in g.programs for p in programs) for g in tax.groups])
-        weights[:, col] = level * full_weight * np.where(on, 1.0, AMBIENT)
+        weights[:, col] = marker_level * full_weight * np.where(on, 1.0, AMBIENT)
 
     rate = weights.sum(axis=1) / full_weight
     cdf = np.cumsum(weights, axis=1)

@@ -421,11 +421,11 @@ def _taxonomy_csvs(root: Path, tax: Taxonomy, cluster_counts: np.ndarray, seed: 
             }
         ),
     )
-    rows = []
+    membership = []
     for c in tax.clusters:
         for level, t in sorted(tax.ancestors(c).items(), key=lambda kv: R.LEVELS.index(kv[0])):
-            rows.append((t.label, R.LEVEL_LABELS[level], c.name, level, t.name))
-    _csv(root, R.CLUSTER_MEMBERSHIP, pd.DataFrame(rows, columns=list(R.CLUSTER_MEMBERSHIP.columns)))
+            membership.append((t.label, R.LEVEL_LABELS[level], c.name, level, t.name))
+    _csv(root, R.CLUSTER_MEMBERSHIP, pd.DataFrame(membership, columns=list(R.CLUSTER_MEMBERSHIP.columns)))
     _csv(
         root,
         R.ABBREVIATION,
@@ -433,8 +433,8 @@ def _taxonomy_csvs(root: Path, tax: Taxonomy, cluster_counts: np.ndarray, seed: 
             [(a, m, k, i, "") for a, m, k, i in ABBREVIATIONS], columns=list(R.ABBREVIATION.columns)
         ),
     )
-    rows = []
+    mapped: list[tuple[str, str]] = []
     for t in tax.terms:
         words = set(t.name.replace("-", " ").split())
-        rows.extend((t.label, a) for a, *_ in ABBREVIATIONS if a in words)
-    _csv(root, R.ABBREVIATION_MAP, pd.DataFrame(rows, columns=list(R.ABBREVIATION_MAP.columns)))
+        mapped.extend((t.label, a) for a, *_ in ABBREVIATIONS if a in words)
+    _csv(root, R.ABBREVIATION_MAP, pd.DataFrame(mapped, columns=list(R.ABBREVIATION_MAP.columns)))
