@@ -12,8 +12,37 @@ from pathlib import Path
 
 import click
 
+from . import defaults as D
 from .errors import HmbaError
 from .release import layout as R
+
+# --- options several commands share, declared once (as sqlite-utils' output_options) -------------------
+
+
+def species_option(help: str, default: str | None = None):
+    """--species, comma-separated, any case (checked by _species)."""
+    return click.option("--species", default=default, show_default=default is not None, help=help)
+
+
+one_species_option = click.option(
+    "--species", required=True, help="One species: Human, Macaque or Marmoset (any case)."
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+jobs_option = click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=D.JOBS,
+    show_default=True,
+    help="Worker processes (decompression and sorting are CPU-bound: one per core).",
+)
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format (results to stdout, messages to stderr).",
+)
 
 
 def _species(value: str | None) -> tuple[str, ...] | None:
@@ -145,10 +174,8 @@ def main() -> None:
     help="Genes per species: a number (markers always included) or 'all' for the real counts.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; same seed, same release.")
-@click.option("--species", default=",".join(R.SPECIES), show_default=True, help="Comma-separated species.")
-@click.option(
-    "--jobs", type=int, default=2, show_default=True, help="Processes (one species each at a time)."
-)
+@species_option("Comma-separated species.", default=",".join(R.SPECIES))
+@jobs_option
 @click.option(
     "--raw-dtype",
     type=click.Choice(R.RAW_DTYPES),
@@ -170,7 +197,7 @@ def main() -> None:
     help="Only the two HMBA-BG directories, every matrix cell in cell_metadata.csv (default: the bucket's "
     "shape: other datasets in the manifest, the MapMyCells pair, ~0.5% of cells outside cell_metadata).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@quiet_option
 def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force, release_only, quiet):
     """Write a synthetic HMBA-BG release under OUT, in the bucket's own tree.
 
@@ -200,7 +227,7 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
 
 @main.command()
 @click.argument("dest", type=click.Path(path_type=Path), required=False)
-@click.option("--species", default=",".join(R.SPECIES), show_default=True, help="Comma-separated species.")
+@species_option("Comma-separated species.", default=",".join(R.SPECIES))
 @click.option(
     "--release",
     "version",
@@ -221,8 +248,10 @@ def synth(out, scale, genes, seed, species, jobs, raw_dtype, index_dtype, force,
 )
 @click.option("--base-url", default=R.BUCKET_URL, show_default=True, help="Where the bucket is served.")
 @click.option("--dry-run", is_flag=True, help="List the files and sizes; download nothing.")
-@click.option("--jobs", type=int, default=4, show_default=True, help="Files fetched in parallel.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option(
+    "--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Files fetched in parallel."
+)
+@quiet_option
 def download(dest, species, version, what, base_url, dry_run, jobs, quiet, list_releases):
     """Download the release (or part of it) into DEST, in the bucket's layout, resumably and verified.
 
@@ -284,9 +313,7 @@ def download(dest, species, version, what, base_url, dry_run, jobs, quiet, list_
 
 @main.command()
 @click.argument("release", type=click.Path(path_type=Path))
-@click.option(
-    "--species", default=None, help="Comma-separated species to require (default: all in the manifest)."
-)
+@species_option("Comma-separated species to require (default: all in the manifest).")
 @click.option(
     "--what",
     "what",
@@ -333,27 +360,21 @@ def check(release, species, what, md5, version):
 @main.command()
 @click.argument("release", type=click.Path(path_type=Path))
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option(
-    "--species", default=None, help="Comma-separated species (default: every species with a raw matrix)."
-)
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Worker processes (the machine has 2 cores).",
-)
+@species_option("Comma-separated species (default: every species with a raw matrix).")
+@jobs_option
 @click.option(
     "--bucket-nnz",
     type=click.IntRange(min=1),
-    default=None,
-    help="Target non-zeros per gene bucket (default 80,000,000: ~64 buckets for full Human).",
+    default=D.BUCKET_TARGET_NNZ,
+    show_default=True,
+    help="Target non-zeros per bucket (gene and cell buckets): ~64 buckets for full Human by default.",
 )
 @click.option(
     "--bucket-genes",
     type=click.IntRange(min=1),
-    default=None,
-    help="At most this many genes per bucket (default 1,024: keeps the sort cache-friendly).",
+    default=D.MAX_BUCKET_GENES,
+    show_default=True,
+    help="At most this many genes per bucket (keeps the sort cache-friendly).",
 )
 @click.option("--release", "version", default=R.VERSION, show_default=True, help="Release version.")
 @click.option(
@@ -364,7 +385,7 @@ def check(release, species, what, md5, version):
 @click.option(
     "--keep-old",
     type=click.FloatRange(min=0),
-    default=24.0,
+    default=D.KEEP_OLD_HOURS,
     show_default=True,
     help="Hours a replaced build's snapshot stays for readers that opened it before the rebuild.",
 )
@@ -375,7 +396,7 @@ def check(release, species, what, md5, version):
     help="Also write the cell-major copy (expression_by_cell) that makes a cell selection's AnnData fast; "
     "without it the store and staging are ~45% smaller and the build a fifth faster.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@quiet_option
 def build(
     release, store, species, jobs, bucket_nnz, bucket_genes, version, force, keep_old, cell_major, quiet
 ):
@@ -391,15 +412,14 @@ def build(
         hmba-db build data/release data/store --species Marmoset
     """
     from .store.build import build as run
-    from .store.transpose import BUCKET_TARGET_NNZ
 
     run(
         release,
         store,
         species=_species(species),
         jobs=jobs,
-        bucket_nnz=bucket_nnz or BUCKET_TARGET_NNZ,
-        **({"bucket_genes": bucket_genes} if bucket_genes else {}),
+        bucket_nnz=bucket_nnz,
+        bucket_genes=bucket_genes,
         version=version,
         force=force,
         keep_old=keep_old * 3600,
@@ -410,7 +430,7 @@ def build(
 
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--species", default=None, help="Comma-separated species to verify (default: all).")
+@species_option("Comma-separated species to verify (default: all).")
 def verify(store, species):
     """Reconcile the store with the numbers its build took from the source; exit 1 on any difference.
 
@@ -454,69 +474,48 @@ def _read_sql(query: str) -> str:
     return query
 
 
-TABLE_WIDTH = 60  # characters of a value shown in --format table
-
-
 def _emit(df, fmt: str) -> None:
-    if fmt == "csv":
-        from .access.results import frame_csv
+    from .access.results import frame_text
 
-        sys.stdout.write(frame_csv(df))
-    elif fmt == "json":
-        from .access.results import records_json
-
-        text, notes = records_json(df)
-        click.echo(text)
-        for note in notes:
-            click.echo(f"note: {note}", err=True)
-    elif df.empty:
-        click.echo(" | ".join(df.columns) + "\n(0 rows)")
-    else:
-        click.echo(df.to_string(index=False, na_rep="NULL", max_colwidth=TABLE_WIDTH))
-        long = [
-            c for c in df.columns if df[c].dtype == object and df[c].astype(str).str.len().max() > TABLE_WIDTH
-        ]
-        if long:
-            click.echo(
-                f"(values of {', '.join(map(str, long))} longer than {TABLE_WIDTH} characters are cut here; "
-                "--format csv or json shows them whole)",
-                err=True,
-            )
+    text, said = frame_text(df, fmt)
+    sys.stdout.write(text)
+    for line in said:
+        click.echo(line, err=True)
 
 
 @main.command()
 @click.argument("store", type=STORE_OR_URL)
 @click.argument("query", metavar="SQL")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format (results to stdout, messages to stderr).",
-)
+@format_option
 @click.option(
     "--safe",
     is_flag=True,
     help="Treat the SQL as untrusted: one SELECT over the catalog's tables only, DuckDB's sandbox on.",
 )
 @click.option(
-    "--timeout", type=float, default=30.0, show_default=True, help="With --safe: seconds before stopping."
+    "--timeout",
+    type=float,
+    default=D.SQL_TIMEOUT,
+    show_default=True,
+    help="With --safe: seconds before stopping.",
 )
 @click.option(
     "--max-rows",
     type=click.IntRange(min=0),
-    default=100_000,
+    default=D.SQL_MAX_ROWS,
     show_default=True,
     help="Rows returned at most with --safe, and shown by --format table (csv and json stream every row).",
 )
 @click.option(
-    "--memory-limit", default="2GB", show_default=True, help="With --safe: DuckDB memory the query may use."
+    "--memory-limit",
+    default=D.SQL_MEMORY_LIMIT,
+    show_default=True,
+    help="With --safe: DuckDB memory the query may use.",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    default=2,
+    default=D.SQL_THREADS,
     show_default=True,
     help="With --safe: threads the query may use.",
 )
@@ -716,14 +715,7 @@ def _params(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A parameter; repeat for more."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format (results to stdout, messages to stderr).",
-)
+@format_option
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Also draw the analysis's picture to this file."
 )
@@ -747,8 +739,7 @@ def query(store, name, params, fmt, plot, show_sql, engine):
     """
     import time
 
-    from .access.connect import connect
-    from .access.queries import execute, get_query, render
+    from .access.queries import get_query, prepare
 
     q = get_query(name)
     if plot:
@@ -757,21 +748,15 @@ def query(store, name, params, fmt, plot, show_sql, engine):
         from .access.plots import plot_path
 
         plot = plot_path(plot)  # before the query runs: a bad path costs nothing
-    if engine == "spark":
-        from .access.spark import execute_spark, local_session, resolver, to_spark_sql
-
-        spark = local_session()
-        con = resolver(spark, store)
-    else:
-        con = connect(store)
-    rendered = render(con, q, _params(params))
+    prepared = prepare(store, name, engine=engine, **_params(params))
+    rendered = prepared.rendered
     for note in rendered.notes:
         click.echo(f"note: {note}", err=True)
     if show_sql:
-        click.echo(to_spark_sql(rendered.sql) if engine == "spark" else rendered.sql)
+        click.echo(prepared.sql)
         return
     t0 = time.perf_counter()
-    df = execute_spark(spark, rendered) if engine == "spark" else execute(con, rendered)
+    df = prepared.run()
     took = time.perf_counter() - t0
     _emit(df, fmt)
     click.echo(f"({len(df):,} rows in {took * 1000:.0f} ms)", err=True)
@@ -808,7 +793,7 @@ def export() -> None:
 @export.command("anndata")
 @click.argument("store", type=STORE_OR_URL)
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--species", required=True, help="One species: Human, Macaque or Marmoset.")
+@one_species_option
 @click.option(
     "--cells",
     default=None,
@@ -823,7 +808,7 @@ def export() -> None:
     help="Which layout to read: auto takes the one holding fewer rows for the selection.",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--quiet", is_flag=True, help="No progress messages.")
+@quiet_option
 def export_anndata(store, out, species, cells, genes, read, force, quiet):
     """Write a selection of cells x genes (raw counts, cells and genes tables as obs and var) as an h5ad
     file, as build_db.to_anndata returns it.
@@ -871,7 +856,7 @@ def export_anndata(store, out, species, cells, genes, read, force, quiet):
 @export.command("mapmycells")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--species", required=True, help="One species: Human, Macaque or Marmoset.")
+@one_species_option
 @click.option(
     "--cells",
     default=None,
@@ -932,32 +917,35 @@ def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, 
 @main.command()
 @click.argument("store", type=STORE_OR_URL)
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."
+    "--host", default=D.SERVE_HOST, show_default=True, help="Address to listen on (0.0.0.0: every one)."
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=D.SERVE_PORT, show_default=True, help="Port.")
 @click.option("--token", default=None, help="Require `Authorization: Bearer TOKEN` on every /api request.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Server processes.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
-    default=30.0,
+    default=D.SERVE_TIMEOUT,
     show_default=True,
     help="Seconds a request may run before a 504.",
 )
 @click.option(
     "--max-export-mb",
     type=click.FloatRange(min=0, min_open=True),
-    default=1024.0,
+    default=D.SERVE_MAX_EXPORT_MB,
     show_default=True,
     help="Largest AnnData download (estimated before it is made); larger selections get a 413.",
 )
 @click.option(
-    "--sql-memory-limit", default="2GB", show_default=True, help="Memory of each sandboxed SQL query."
+    "--sql-memory-limit",
+    default=D.SQL_MEMORY_LIMIT,
+    show_default=True,
+    help="Memory of each sandboxed SQL query.",
 )
 @click.option(
     "--sql-workers",
     type=click.IntRange(min=1),
-    default=2,
+    default=D.SERVE_SQL_WORKERS,
     show_default=True,
     help="Sandbox processes running untrusted SQL at once.",
 )

@@ -425,10 +425,53 @@ def _values_table(rows: list[Resolved], alias: str) -> exp.Expression:
     )
 
 
+@dataclass
+class Prepared:
+    """A named query with its parameters resolved for one engine: its SQL in that engine's dialect, run or
+    not (the CLI's --show-sql prints it without running it)."""
+
+    rendered: Rendered
+    engine: str
+    target: Any  # the DuckDB connection, or the SparkSession
+
+    @property
+    def sql(self) -> str:
+        if self.engine == "spark":
+            from .spark import to_spark_sql
+
+            return to_spark_sql(self.rendered.sql)
+        return self.rendered.sql
+
+    def run(self) -> pd.DataFrame:
+        if self.engine == "spark":
+            from .spark import execute_spark
+
+            return execute_spark(self.target, self.rendered)
+        return execute(self.target, self.rendered)
+
+
+def prepare(
+    store_or_con: StoreOrConnection, name: str, *, engine: str = "duckdb", spark: Any = None, **params: object
+) -> Prepared:
+    """Check a named query's parameters and resolve its genes and terms, for DuckDB or Spark."""
+    if engine == "spark":
+        from .spark import local_session, resolver
+
+        if isinstance(store_or_con, duckdb.DuckDBPyConnection):
+            raise HmbaError("engine='spark' takes the store's path or URI, not a DuckDB connection")
+        spark = spark if spark is not None else local_session()
+        return Prepared(render(resolver(spark, store_or_con), get_query(name), params), engine, spark)
+    if engine != "duckdb":
+        raise HmbaError(f"engine={engine!r}: choose duckdb or spark", key="engine")
+    con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
+    return Prepared(render(con, get_query(name), params), engine, con)
+
+
 def run_query(
     store_or_con: StoreOrConnection, name: str, *, engine: str = "duckdb", spark: Any = None, **params: object
 ) -> pd.DataFrame:
-    """Run a named query; returns a DataFrame (attrs: query name, the SQL run, notes).
+    """Run a named query; returns a DataFrame (attrs: query name, the SQL run, notes, the parameters as
+    resolved).
 
     `engine="spark"` runs it on Spark instead (the SQL transpiled by sqlglot): `store_or_con` is then the
     store's path or Hadoop URI (`s3a://...`), `spark` a SparkSession (default: a local[2] one).
@@ -437,17 +480,7 @@ def run_query(
         >>> run_query("data/demo-store", "markers", term="STRd D1 Matrix MSN", n=10)  # doctest: +SKIP
         >>> run_query("s3a://b/store", "dotplot", engine="spark", spark=spark, genes="DRD1")  # doctest: +SKIP
     """
-    if engine == "spark":
-        from .spark import execute_spark, local_session, resolver
-
-        if isinstance(store_or_con, duckdb.DuckDBPyConnection):
-            raise HmbaError("engine='spark' takes the store's path or URI, not a DuckDB connection")
-        spark = spark if spark is not None else local_session()
-        return execute_spark(spark, render(resolver(spark, store_or_con), get_query(name), params))
-    if engine != "duckdb":
-        raise HmbaError(f"engine={engine!r}: choose duckdb or spark", key="engine")
-    con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
-    return execute(con, render(con, get_query(name), params))
+    return prepare(store_or_con, name, engine=engine, spark=spark, **params).run()
 
 
 def execute(con: duckdb.DuckDBPyConnection, rendered: Rendered) -> pd.DataFrame:
@@ -457,5 +490,5 @@ def execute(con: duckdb.DuckDBPyConnection, rendered: Rendered) -> pd.DataFrame:
         df = con.execute(rendered.sql).df()
     except duckdb.Error as e:
         raise HmbaError(f"query {name} failed: {' '.join(str(e).split())}", key=name) from e
-    df.attrs.update(query=name, sql=rendered.sql, notes=rendered.notes)
+    df.attrs.update(query=name, sql=rendered.sql, notes=rendered.notes, params=rendered.values)
     return df

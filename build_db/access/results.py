@@ -93,6 +93,33 @@ def frame_csv(df: pd.DataFrame) -> str:
     return _exact(df).to_csv(index=False)
 
 
+TABLE_WIDTH = 60  # characters of a value shown in the CLI's --format table
+
+
+def frame_text(df: pd.DataFrame, fmt: str) -> tuple[str, list[str]]:
+    """A DataFrame as `hmba-db sql` and `query` print it (csv, json or an aligned table), and the lines they
+    say on stderr about it (values JSON cannot hold, values the table cuts)."""
+    if fmt == "csv":
+        return frame_csv(df), []
+    if fmt == "json":
+        text, notes = records_json(df)
+        return text + "\n", [f"note: {note}" for note in notes]
+    if df.empty:
+        return " | ".join(map(str, df.columns)) + "\n(0 rows)\n", []
+    long = [
+        c for c in df.columns if df[c].dtype == object and df[c].astype(str).str.len().max() > TABLE_WIDTH
+    ]
+    said = (
+        [
+            f"(values of {', '.join(map(str, long))} longer than {TABLE_WIDTH} characters are cut here; "
+            "--format csv or json shows them whole)"
+        ]
+        if long
+        else []
+    )
+    return df.to_string(index=False, na_rep="NULL", max_colwidth=TABLE_WIDTH) + "\n", said
+
+
 def frame_parquet(df: pd.DataFrame) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -41,6 +41,7 @@ import pandas as pd
 import sqlglot
 from sqlglot import exp
 
+from ..defaults import SQL_MAX_ROWS, SQL_TIMEOUT
 from ..store.catalog import CATALOG
 from .connect import connect
 from .sandbox_child import (
@@ -60,8 +61,8 @@ DENIED_FUNCTIONS = re.compile(
     re.IGNORECASE,
 )
 QUERY_TYPES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_MAX_ROWS = 100_000
+DEFAULT_TIMEOUT = SQL_TIMEOUT
+DEFAULT_MAX_ROWS = SQL_MAX_ROWS
 # The child's address space beyond DuckDB's memory limit: Python, the libraries and thread stacks (a child
 # that opened the catalog and ran a scan had 1.2 GB of address space, 0.2 GB of it resident).
 ADDRESS_SPACE_HEADROOM = 2 * 2**30

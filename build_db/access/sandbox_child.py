@@ -26,12 +26,13 @@ from pathlib import Path
 
 import duckdb
 
+from ..defaults import SQL_MEMORY_LIMIT, SQL_TEMP_LIMIT, SQL_THREADS
 from ..errors import HmbaError
 from .connect import connect
 
-DEFAULT_MEMORY_LIMIT = "2GB"  # a tenth of this machine kind's memory: several sandboxed users fit
-DEFAULT_THREADS = 2
-DEFAULT_TEMP_LIMIT = "4GB"  # spill space for sorts and joins larger than memory
+DEFAULT_MEMORY_LIMIT = SQL_MEMORY_LIMIT  # build_db/defaults.py says why
+DEFAULT_THREADS = SQL_THREADS
+DEFAULT_TEMP_LIMIT = SQL_TEMP_LIMIT
 
 
 class UnsafeQuery(HmbaError):

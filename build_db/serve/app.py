@@ -41,6 +41,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
+from .. import defaults as D
 from ..access import results as out
 from ..access.embedding import umap_points
 from ..access.genes import search_genes
@@ -68,14 +69,14 @@ class ServeConfig:
 
     store: str
     token: str | None = None
-    timeout: float = 30.0  # seconds a named query or a look-up may run
+    timeout: float = D.SERVE_TIMEOUT
     export_timeout: float = 600.0
-    max_export_mb: float = 1024.0
-    sandbox_workers: int = 2
-    sandbox_memory_limit: str = "2GB"
-    sandbox_threads: int = 2
-    sql_timeout: float = 30.0
-    sql_max_rows: int = 100_000
+    max_export_mb: float = D.SERVE_MAX_EXPORT_MB
+    sandbox_workers: int = D.SERVE_SQL_WORKERS
+    sandbox_memory_limit: str = D.SQL_MEMORY_LIMIT
+    sandbox_threads: int = D.SQL_THREADS
+    sql_timeout: float = D.SQL_TIMEOUT
+    sql_max_rows: int = D.SQL_MAX_ROWS
     pool_size: int = 4
     cache_bytes: int = CACHE_BYTES
     extra: dict = field(default_factory=dict)
@@ -121,7 +122,7 @@ class _Guard:
 class SqlRequest(BaseModel):
     sql: str = Field(..., description="One SELECT over the catalog's tables and views", max_length=100_000)
     max_rows: int = Field(1000, ge=0, le=1_000_000, description="Rows returned at most (the answer says so)")
-    timeout: float = Field(30.0, gt=0, le=300, description="Seconds before the query is stopped")
+    timeout: float = Field(D.SQL_TIMEOUT, gt=0, le=300, description="Seconds before the query is stopped")
 
 
 class _Answers:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..defaults import JOBS, KEEP_OLD_HOURS
 from ..errors import HmbaError, ReleaseError
 from ..files import save_json
 from ..progress import Reporter, plural, run_pool, worker_pool
@@ -62,9 +63,7 @@ from .verify import verify_store
 
 # 2: snapshots (a build id kept across a resume); 3: cell buckets, framed counts; 4: statistics in the sort
 STATE_VERSION = 4
-# How long a replaced build's files stay for readers that opened it before the rebuild: long enough for a
-# dashboard left open over a working day, at the cost of one more build's disk meanwhile.
-KEEP_OLD_SECONDS = 24 * 3600
+KEEP_OLD_SECONDS = KEEP_OLD_HOURS * 3600  # build_db/defaults.py says why
 LOG2_SAMPLE_CELLS = 500  # rows compared against the release's log2 file
 # log2 values are float32: allow a few float32 ulps between our float64 formula and the release's.
 LOG2_RTOL, LOG2_ATOL = 1e-5, 1e-5
@@ -83,7 +82,7 @@ def build(
     store: Path,
     *,
     species: tuple[str, ...] | None = None,
-    jobs: int = 2,
+    jobs: int = JOBS,
     bucket_nnz: int = BUCKET_TARGET_NNZ,
     bucket_genes: int = MAX_BUCKET_GENES,
     version: str = R.VERSION,

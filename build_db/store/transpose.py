@@ -25,24 +25,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+# The bucket sizes a user may change (--bucket-nnz, --bucket-genes), as build_db/defaults.py explains them.
+# At most MAX_BUCKET_GENES genes per bucket whatever the non-zero count: the counting sort writes one
+# stream per gene, and a few hundred streams stay cache-friendly where 36,601 do not (measured: 2.6x
+# faster sort of 47M non-zeros with 36 buckets than with 1).
+from ..defaults import BUCKET_TARGET_NNZ, MAX_BUCKET_GENES
 from ..errors import ReleaseError
 from ..release.h5ad import CsrReader
 
-# ~80M non-zeros per bucket gives ~64 buckets for Human at full scale (5 billion non-zeros): the layout
-# docs/architecture.md (decision 1) measured at 3-5 ms per gene, and a sort that needs ~1 GB per worker.
-BUCKET_TARGET_NNZ = 80_000_000
 # 4M non-zeros per scatter block: ~150 MB of scratch per worker, large enough that h5py's per-call
 # overhead is noise (each block spans ~200 gzip chunks of 20,000 values).
 SCATTER_BLOCK_NNZ = 4_000_000
 # Row groups of 122,880 rows (DuckDB's vector size x 60): one gene's rows sit in one or two groups.
 ROW_GROUP = 122_880
 SORT_BLOCK = 4_000_000  # staging rows per step of the counting sort (~100 MB of scratch)
-
-# At most this many genes per bucket, whatever the non-zero count: the counting sort writes one stream
-# per gene, and a few hundred streams stay cache-friendly where 36,601 do not (measured: 2.6x faster
-# sort of 47M non-zeros with 36 buckets than with 1). Small stores get >= 36 small files; full-scale
-# Human gets ~64 buckets of ~570 genes from the non-zero target anyway.
-MAX_BUCKET_GENES = 1024
 
 
 @dataclass(frozen=True)
