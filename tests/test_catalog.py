@@ -370,3 +370,17 @@ def test_integrity_errors_stop_the_build(release_copy, tmp_path, name):
     with pytest.raises(ReleaseError, match=message):
         build(release_copy, tmp_path / "store", quiet=True)
     assert not (tmp_path / "store").exists()
+
+
+def test_the_views_derive_log2_cpm_with_the_one_formula():
+    """log2(CPM+1) is declared once (release/normalise.py); the two views that derive it in SQL, written
+    out in sql/ for DuckDB and Spark alike, must say exactly that."""
+    from build_db.release.normalise import log2_cpm_sql
+    from build_db.store.catalog import SQL_DIR
+
+    for name, raw, totals in (
+        ("expression", "counts.raw_count", "totals.total_counts"),
+        ("expression_annotated", "e.raw_count", "c.total_counts"),
+    ):
+        text = (SQL_DIR / f"{name}.sql").read_text()
+        assert f"{log2_cpm_sql(raw, totals)} as log2_cpm" in text, name

@@ -27,6 +27,7 @@ from ..release import layout as R
 from ..release.check import check_release
 from ..release.h5ad import CsrReader
 from ..release.manifest import Layout, read_manifest
+from ..release.normalise import log2_cpm
 from ..version import __version__
 from .catalog import relocate, write_catalog
 from .guard import build_lock, check_disk, check_target
@@ -570,7 +571,7 @@ def _log2_check(raw_path: Path, log2_path: Path, totals: np.ndarray) -> dict:
             b.eliminate_zeros()
             if a.nnz == 0 and b.nnz == 0:
                 continue
-            expected = np.log2(a.data.astype(np.float64) / totals[r] * 1e6 + 1.0)
+            expected = log2_cpm(a.data, totals[r])
             same_cols = a.nnz == b.nnz and np.array_equal(a.indices, b.indices)
             if not same_cols or not np.allclose(b.data, expected, rtol=LOG2_RTOL, atol=LOG2_ATOL):
                 where = (

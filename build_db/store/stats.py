@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from ..errors import HmbaError
 from ..progress import Reporter, run_pool
 from ..release import layout as R
+from ..release.normalise import log2_cpm_sql
 
 AGGREGATES = "aggregates"
 STATS_WORK = "_stats"  # in the staging folder: the groups' codes and the sort workers' part files
@@ -57,10 +58,11 @@ ROW_GROUP = 4_096
 # The fields as SQL aggregates over rows `e` (raw_count) joined to cells `c` (total_counts): the expression
 # view's log2 formula and this step's CPM thresholds (in integers, exact at CPM = 1). For sums taken again
 # from the expression files (verify, MapMyCells exports of a cell selection).
-FIELDS_SQL = """count(*) as n_expressing,
+_LOG2 = log2_cpm_sql("e.raw_count", "c.total_counts")
+FIELDS_SQL = f"""count(*) as n_expressing,
     sum(e.raw_count) as sum_raw,
-    sum(log2(e.raw_count / c.total_counts * 1e6 + 1)) as sum_log2_cpm,
-    sum(pow(log2(e.raw_count / c.total_counts * 1e6 + 1), 2)) as sumsq_log2_cpm,
+    sum({_LOG2}) as sum_log2_cpm,
+    sum(pow({_LOG2}, 2)) as sumsq_log2_cpm,
     count(*) filter (where e.raw_count::bigint * 1000000 > c.total_counts) as n_cpm_gt_1,
     count(*) filter (where e.raw_count::bigint * 1000000 >= c.total_counts) as n_cpm_ge_1"""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..release import layout as R
 from ..release.h5ad import CsrReader
+from ..release.normalise import log2_cpm_sql
 from ..store.paths import files_root, staging_dir
 from .bench import _du, _median_ms, plain_read_seconds, run_measured
 
@@ -74,12 +75,12 @@ def queries(store: Path, species: str) -> list[tuple[str, float]]:
             f"where species = '{species}' and gene_symbol = '{GENE}' group by group_name"
         ),
         "plain SQL: expression_counts + cells (log2 from cells.total_counts), literal gene_index": (
-            "select c.group_name, avg(log2(e.raw_count / c.total_counts * 1e6 + 1)), count(*) "
+            f"select c.group_name, avg({log2_cpm_sql('e.raw_count', 'c.total_counts')}), count(*) "
             "from expression_counts e join cells c using (species, cell_index) "
             f"where e.species = '{species}' and e.gene_index = {index} group by c.group_name"
         ),
         "the same with a literal gene_bucket": (
-            "select c.group_name, avg(log2(e.raw_count / c.total_counts * 1e6 + 1)), count(*) "
+            f"select c.group_name, avg({log2_cpm_sql('e.raw_count', 'c.total_counts')}), count(*) "
             "from expression_counts e join cells c using (species, cell_index) "
             f"where e.species = '{species}' and e.gene_bucket = {bucket} and e.gene_index = {index} "
             "group by c.group_name"

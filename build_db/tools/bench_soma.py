@@ -48,6 +48,8 @@ def one_gene(exp, cells: pd.DataFrame, gene: int) -> dict:
     raw = t.column("soma_data").to_numpy().astype(np.float64)
     values = pd.Series(raw, index=idx).reindex(cells.cell_index.to_numpy())
     present = values.notna().to_numpy()
+    # build_db/release/normalise.py's formula, written out: this script runs in TileDB-SOMA's own
+    # environment, which does not have this package.
     log2 = np.where(
         present, np.log2(values.fillna(0).to_numpy() / cells.total_counts.to_numpy() * 1e6 + 1), 0.0
     )

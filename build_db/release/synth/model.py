@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import layout as R
+from .. import normalise
 from .taxonomy import AMBIENT, MARKERS, Taxonomy
 
 # Depth: log-normal UMIs per nucleus at full gene count; median ~9,000 with a long tail (the release's
@@ -259,5 +260,5 @@ def log2_cpm(raw: sp.csr_matrix) -> sp.csr_matrix:
     matrices')."""
     totals = np.asarray(raw.sum(axis=1)).ravel()
     per_nz = np.repeat(totals, np.diff(raw.indptr))
-    values = np.log2(raw.data.astype(np.float64) / per_nz * 1e6 + 1.0).astype(np.float32)
+    values = normalise.log2_cpm(raw.data, per_nz).astype(np.float32)
     return sp.csr_matrix((values, raw.indices.copy(), raw.indptr.copy()), shape=raw.shape)
