@@ -23,7 +23,7 @@ import sqlglot
 from ..errors import HmbaError
 from ..store import schema as S
 from ..store.catalog import VIEW_ORDER, view_sql
-from ..store.paths import BUILD_JSON, SNAPSHOTS, is_url
+from ..store.paths import BUILD_JSON, SNAPSHOTS, TABLES, is_url
 
 SPARK_TYPES = {
     "VARCHAR": "string",
@@ -129,7 +129,7 @@ def register(spark, store, *, views: bool = True) -> list[str]:
 def _register_at(spark, root: str, views: bool = True) -> list[str]:
     names = []
     for t in FILE_TABLES:
-        path = f"{root}/tables/{t.name}.parquet"
+        path = f"{root}/{TABLES}/{t.name}.parquet"
         if not _exists(spark, path):
             raise HmbaError(
                 f"{path}: missing; stores built before hmba-db wrote it need a rebuild (hmba-db build)",

@@ -29,6 +29,7 @@ from ..release.h5ad import CsrReader
 from ..release.manifest import Layout, read_manifest
 from ..release.normalise import log2_cpm
 from ..version import __version__
+from . import schema as S
 from .catalog import relocate, write_catalog
 from .guard import build_lock, check_disk, check_target
 from .metadata import MetadataBuilder, check_metadata
@@ -37,11 +38,13 @@ from .paths import (
     CATALOG,
     RETIRED,
     SNAPSHOTS,
+    TABLES,
     bucket_file,
     cell_bucket_file,
     files_root,
     new_build_id,
     snapshot_dir,
+    species_part,
     staging_dir,
 )
 from .stats import BATCH_ROWS as STATS_BATCH_ROWS
@@ -518,40 +521,31 @@ def _build_species(
 
 
 def _write_cell_totals(staging: Path, species: str, labels, totals, detected) -> None:
-    path = staging / "tables" / "cell_totals" / f"{species}.parquet"
+    path = species_part(staging, "cell_totals", species)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.table(
-            {
-                "species": pa.array([species] * len(labels)).dictionary_encode(),
-                "cell_index": pa.array(np.arange(len(labels), dtype=np.int32)),
-                "cell_label": pa.array(labels.astype(str)),
-                "total_counts": pa.array(totals.astype(np.int64)),
-                "genes_detected": pa.array(detected.astype(np.int32)),
-            }
-        ),
-        path,
-        compression="zstd",
-    )
+    n = len(labels)
+    columns = [
+        pa.array([species] * n).dictionary_encode(),
+        pa.array(np.arange(n, dtype=np.int32)),
+        pa.array(labels.astype(str)),
+        pa.array(totals.astype(np.int64)),
+        pa.array(detected.astype(np.int32)),
+    ]
+    pq.write_table(pa.Table.from_arrays(columns, schema=S.CELL_TOTALS_FILE), path, compression="zstd")
 
 
 def _write_gene_buckets(staging: Path, species: str, gene_ids, symbols, plan: BucketPlan) -> None:
-    path = staging / "tables" / "gene_buckets" / f"{species}.parquet"
+    path = species_part(staging, "gene_buckets", species)
     path.parent.mkdir(parents=True, exist_ok=True)
     idx = np.arange(len(gene_ids), dtype=np.int32)
-    pq.write_table(
-        pa.table(
-            {
-                "species": pa.array([species] * len(gene_ids)).dictionary_encode(),
-                "gene_index": pa.array(idx),
-                "gene_identifier": pa.array(gene_ids.astype(str)),
-                "gene_symbol": pa.array([s if s else None for s in symbols], type=pa.string()),
-                "gene_bucket": pa.array(plan.bucket_of(idx).astype(np.int32)),
-            }
-        ),
-        path,
-        compression="zstd",
-    )
+    columns = [
+        pa.array([species] * len(gene_ids)).dictionary_encode(),
+        pa.array(idx),
+        pa.array(gene_ids.astype(str)),
+        pa.array([s if s else None for s in symbols], type=pa.string()),
+        pa.array(plan.bucket_of(idx).astype(np.int32)),
+    ]
+    pq.write_table(pa.Table.from_arrays(columns, schema=S.GENE_BUCKETS_FILE), path, compression="zstd")
 
 
 def _log2_check(raw_path: Path, log2_path: Path, totals: np.ndarray) -> dict:
@@ -615,7 +609,7 @@ def _publish(staging: Path, store: Path, build_id: str, keep_old: float) -> None
         os.replace(tmp, store / name)
     if previous != store and previous != final and previous.is_dir():
         (previous / RETIRED).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
-    for name in ("expression", "tables", "aggregates"):  # a store built before snapshots: now unused
+    for name in ("expression", TABLES, "aggregates"):  # a store built before snapshots: now unused
         shutil.rmtree(store / name, ignore_errors=True)
     collect_snapshots(store, keep_old)
 

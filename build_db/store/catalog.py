@@ -19,7 +19,7 @@ import duckdb
 from ..errors import HmbaError
 from ..release import layout as R
 from . import schema as S
-from .paths import CATALOG, files_root
+from .paths import CATALOG, files_root, table_file
 
 STORAGE_VERSION = "v1.1.0"  # readable by DuckDB >= 1.1 (tested with 1.1.3), which BI drivers embed
 CATALOG_ONLY = ("term_cell_counts", "store_info", "licence")  # tables the catalog computes
@@ -107,7 +107,7 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
         )
         con.execute(
             f"create table {t.name} as select {cols} "
-            f"from read_parquet({sql_literal(files_at / 'tables' / (t.name + '.parquet'))})"
+            f"from read_parquet({sql_literal(table_file(files_at, t.name))})"
             f"{order}"
         )
     con.execute(
@@ -138,7 +138,7 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
     rows = {**info, "store_path": str(bound_to)}
     con.executemany("insert into store_info values (?, ?)", list(rows.items()))
     for name in CATALOG_ONLY:  # as Parquet too, for engines that do not read catalog.duckdb (Spark)
-        target = sql_literal(files_at / "tables" / f"{name}.parquet")
+        target = sql_literal(table_file(files_at, name))
         con.execute(f"copy {name} to {target} (format parquet)")
     write_comments(con)
     con.execute("use memory")

@@ -23,6 +23,7 @@ from pathlib import Path
 CATALOG = "catalog.duckdb"
 BUILD_JSON = "build.json"
 SNAPSHOTS = "snapshots"
+TABLES = "tables"  # a snapshot's small tables as Parquet; the per-species parts of two of them below it
 RETIRED = "RETIRED"  # in a snapshot that is no longer current: when it stopped being current
 
 
@@ -46,6 +47,17 @@ def cell_bucket_file(store: Path | str, species: str, k: int) -> Path | str:
     """A file of the cell-major projection (expression_by_cell): cell bucket k, a range of cell_rank."""
     rel = f"expression_by_cell/species={species}/cell_bucket={k:04d}/part-0.parquet"
     return f"{str(store).rstrip('/')}/{rel}" if is_url(store) else Path(store) / rel
+
+
+def table_file(root: Path, name: str) -> Path:
+    """A table of the catalog as Parquet (`tables/cells.parquet`): what other engines (Spark) read."""
+    return Path(root) / TABLES / f"{name}.parquet"
+
+
+def species_part(root: Path, name: str, species: str) -> Path:
+    """One species' part of a table the transpose writes (`tables/cell_totals/Human.parquet`; schema.py's
+    CELL_TOTALS_FILE and GENE_BUCKETS_FILE)."""
+    return Path(root) / TABLES / name / f"{species}.parquet"
 
 
 def staging_dir(store: Path) -> Path:

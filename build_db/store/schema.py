@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from ..release import layout as R
 
 
@@ -336,7 +338,8 @@ TERM_ABBREVIATIONS = Table(
 CELL_TOTALS = Table(
     "cell_totals",
     "A narrow copy of cells (species, cell_index, total_counts) that the expression view joins to derive "
-    "log2_cpm: cheaper to scan than the wide cells table.",
+    "log2_cpm: cheaper to scan than the wide cells table. (The build's per-species files of the same name "
+    "hold two more columns, cell_label and genes_detected, which the cells table takes from them.)",
     (SPECIES_COL, CELL_INDEX, C("total_counts", "BIGINT", "Sum of the cell's raw counts over all genes")),
 )
 
@@ -627,3 +630,41 @@ if __name__ == "__main__":
         write_dictionary(sys.argv[2])
     else:
         print(data_dictionary())
+
+
+# --- The Arrow schemas of the files the build writes, declared once: the writers use them, verify and the
+# metadata stage read them. (The catalog's tables and views above are the SQL side of the same files.)
+
+# expression/species=S/gene_bucket=K/part-0.parquet, sorted by (gene_index, cell_index)
+EXPRESSION_FILE = pa.schema(
+    [("gene_index", pa.int32()), ("cell_index", pa.int32()), ("raw_count", pa.int32())]
+)
+# expression_by_cell/species=S/cell_bucket=K/part-0.parquet, sorted by (cell_rank, gene_index)
+EXPRESSION_BY_CELL_FILE = pa.schema(
+    [
+        ("cell_rank", pa.int32()),
+        ("cell_index", pa.int32()),
+        ("gene_index", pa.int32()),
+        ("raw_count", pa.int32()),
+    ]
+)
+# tables/cell_totals/<Species>.parquet: every matrix cell, in matrix order, with the totals the scatter took
+CELL_TOTALS_FILE = pa.schema(
+    [
+        ("species", pa.dictionary(pa.int32(), pa.string())),
+        ("cell_index", pa.int32()),
+        ("cell_label", pa.string()),
+        ("total_counts", pa.int64()),
+        ("genes_detected", pa.int32()),
+    ]
+)
+# tables/gene_buckets/<Species>.parquet: every matrix gene, in matrix order, with its bucket
+GENE_BUCKETS_FILE = pa.schema(
+    [
+        ("species", pa.dictionary(pa.int32(), pa.string())),
+        ("gene_index", pa.int32()),
+        ("gene_identifier", pa.string()),
+        ("gene_symbol", pa.string()),
+        ("gene_bucket", pa.int32()),
+    ]
+)

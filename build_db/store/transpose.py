@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from ..defaults import BUCKET_TARGET_NNZ, MAX_BUCKET_GENES
 from ..errors import ReleaseError
 from ..release.h5ad import CsrReader
+from .schema import EXPRESSION_BY_CELL_FILE, EXPRESSION_FILE
 
 # 4M non-zeros per scatter block: ~150 MB of scratch per worker, large enough that h5py's per-call
 # overhead is noise (each block spans ~200 gzip chunks of 20,000 values).
@@ -555,7 +556,7 @@ def write_parquet(path: Path, g0: int, counts: np.ndarray, cells: np.ndarray, va
     The gene column is made one slice of row groups at a time, so a bucket costs 8 bytes per row of
     memory (cells and values), not 12.
     """
-    schema = pa.schema([("gene_index", pa.int32()), ("cell_index", pa.int32()), ("raw_count", pa.int32())])
+    schema = EXPRESSION_FILE
     # zstd + Parquet V2 pages. cell_index: delta encoding (deltas are small within a gene: 30 MB instead of
     # 55 MB per 20M rows in the measurement of docs/architecture.md, decision 2). raw_count: dictionary + RLE
     # (few distinct values).
@@ -617,14 +618,7 @@ def sort_cells(k: int, staging: Path, tags: list[str], out: Path, cells: CellPla
     return n
 
 
-CELL_SCHEMA = pa.schema(
-    [
-        ("cell_rank", pa.int32()),
-        ("cell_index", pa.int32()),
-        ("gene_index", pa.int32()),
-        ("raw_count", pa.int32()),
-    ]
-)
+CELL_SCHEMA = EXPRESSION_BY_CELL_FILE
 
 
 def write_cell_parquet(path: Path, ranks, cells, starts, lengths, genes, counts) -> None:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from ..errors import HmbaError
 from ..progress import worker_pool
-from .paths import files_root
+from .paths import files_root, species_part, table_file
 from .verify_stats import verify_statistics
 
 BATCH_ROWS = 4_000_000
@@ -129,7 +129,7 @@ def _verify_species(pool, store: Path, sp: str, meta: dict, jobs: int) -> list[s
         return [
             f"bucket files missing for buckets {missing[:5]} or unexpected for {extra[:5]}; rebuild the store"
         ]
-    totals_path = store / "tables" / "cell_totals" / f"{sp}.parquet"
+    totals_path = species_part(store, "cell_totals", sp)
     src = pq.read_table(totals_path, columns=["total_counts", "genes_detected"])
     want_sum = src.column("total_counts").to_numpy()
     want_n = src.column("genes_detected").to_numpy()
@@ -141,7 +141,7 @@ def _verify_species(pool, store: Path, sp: str, meta: dict, jobs: int) -> list[s
         return [
             f"expression_by_cell: {len(on_disk)} cell bucket files, build.json has {n_cell_buckets}; rebuild"
         ]
-    ranks = pq.read_table(store / "tables" / "cells.parquet", columns=["species", "cell_index", "cell_rank"])
+    ranks = pq.read_table(table_file(store, "cells"), columns=["species", "cell_index", "cell_rank"])
     ranks = ranks.filter(pa.compute.equal(ranks.column("species"), sp))
     rank_of = np.full(n_cells, -1, dtype=np.int64)
     rank_of[ranks.column("cell_index").to_numpy()] = ranks.column("cell_rank").to_numpy()

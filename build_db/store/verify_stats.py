@@ -17,7 +17,7 @@ import numpy as np
 
 from ..release import layout as R
 from .catalog import sql_literal as _lit
-from .paths import bucket_file
+from .paths import bucket_file, table_file
 from .stats import AGGREGATES, FIELDS, FIELDS_SQL, FLOAT_FIELDS, final_file
 
 SAMPLE_GENES = 8  # recomputed per species: the densest gene and a spread of others
@@ -54,8 +54,8 @@ def verify_statistics(store: Path, species: str, meta: dict) -> list[str]:
         return [f"statistics file {missing[0]} is missing ({len(missing)} in all); rebuild the store"]
     con = duckdb.connect(config={"threads": 2})
     try:
-        terms = _lit(store / "tables" / "taxonomy_terms.parquet")
-        cells = _lit(store / "tables" / "cells.parquet")
+        terms = _lit(table_file(store, "taxonomy_terms"))
+        cells = _lit(table_file(store, "cells"))
         con.execute(
             f"create temp view cells as select * from read_parquet({cells}) where species = {_lit(species)}"
         )

@@ -17,6 +17,7 @@ from ...errors import ReleaseError
 from ...release import layout as R
 from ...release.check import CheckReport, Problem
 from .. import schema as S
+from ..paths import TABLES, species_part, table_file
 from .cells import build_cells, cell_groups, cell_order
 from .donors import build_donors
 from .genes import build_genes
@@ -74,9 +75,9 @@ class MetadataBuilder(MetadataViews):
             self.load(spec, view)
 
     def build(self) -> dict:
-        tables = self.store / "tables"
+        (self.store / TABLES).mkdir(parents=True, exist_ok=True)
         self._load_all()
-        totals = ", ".join(sql_literal(tables / "cell_totals" / f"{s}.parquet") for s in self.species)
+        totals = ", ".join(sql_literal(species_part(self.store, "cell_totals", s)) for s in self.species)
         self.con.execute(f"create temp view matrix_cells as select * from read_parquet([{totals}])")
         build_donors(self)
         build_taxonomy(self)
@@ -85,7 +86,7 @@ class MetadataBuilder(MetadataViews):
         for t in S.PARQUET_TABLES:
             self.con.execute(
                 f"copy (select {', '.join(t.column_names)} from {t.name}) to "
-                f"{sql_literal(tables / (t.name + '.parquet'))} (format parquet, compression zstd)"
+                f"{sql_literal(table_file(self.store, t.name))} (format parquet, compression zstd)"
             )
         self.report["notes"] = self.notes
         return self.report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...release import layout as R
+from ..paths import species_part
 from .views import MetadataViews, sql_literal
 
 
@@ -18,7 +19,7 @@ def build_genes(m: MetadataViews) -> None:
             f"{c}" if c in have else f"null::varchar as {c}"
             for c in ("name", "mapped_ncbi_identifier", "biotype")
         )
-        buckets = sql_literal(m.store / "tables" / "gene_buckets" / f"{sp}.parquet")
+        buckets = sql_literal(species_part(m.store, "gene_buckets", sp))
         if m.layout.shared_gene_table:  # one gene.csv for all species: this matrix's genes
             m.load(spec, f"{view}_all")
             m.con.execute(
