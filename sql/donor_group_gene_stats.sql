@@ -14,16 +14,7 @@ final as (
         sums.group_label,
         terms.term_name as group_name,
         sums.donor_label,
-        sums.n_cells,
-        sums.n_expressing,
-        sums.n_expressing / sums.n_cells as fraction_expressing,
-        sums.sum_raw / sums.n_cells as mean_raw,
-        sums.sum_log2_cpm / sums.n_cells as mean_log2_cpm,
-        case when sums.n_cells > 1 then
-            greatest(0, (sums.sumsq_log2_cpm - sums.sum_log2_cpm ^ 2 / sums.n_cells) / (sums.n_cells - 1))
-        end as var_log2_cpm,
-        sums.sum_raw / sums.sum_total_counts * 1e6 as pseudobulk_cpm,
-        sums.n_cpm_gt_1 / sums.n_cells as fraction_cpm_gt_1
+        {gene_stats_measures}
     from sums
     join genes
         on genes.species = sums.species

@@ -57,6 +57,10 @@ def view_sql(name: str, store: Path) -> str:
     if not path.exists():
         raise HmbaError(f"{path}: missing; the package's sql/ folder is incomplete: reinstall hmba-db")
     text = path.read_text()
+    if "{gene_stats_measures}" in text:  # the three *_gene_stats views' shared columns (sql/shared/)
+        shared = (SQL_DIR / "shared" / "gene_stats_measures.sql").read_text()
+        measures = "\n".join(ln for ln in shared.splitlines() if not ln.startswith("--")).strip()
+        text = text.replace("{gene_stats_measures}", measures)
     return text.replace("{store}", str(Path(store).absolute()).replace("'", "''"))
 
 
