@@ -126,20 +126,28 @@ LIST_ITEMS = 3  # items of a long JSON list shown; the rest summed up
 TEXT_LINES = 8  # lines of a CSV answer shown
 
 
-def curl_commands(text: str) -> list[tuple[int, int, str]]:
-    """(the `$ curl` line, the line after its output, the command) of each fenced example."""
-    lines = text.split("\n")
-    found, i = [], 0
+def fenced_examples(lines: list[str]):
+    """Each fenced block's `$ ` lines: (their line numbers, the block's closing line), in page order."""
+    i = 0
     while i < len(lines):
         if not lines[i].startswith("```"):
             i += 1
             continue
         end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
         starts = [j for j in range(i + 1, end) if lines[j].startswith("$ ")]
-        if starts and all(lines[j].startswith("$ curl ") for j in starts):
+        if starts:
+            yield starts, end
+        i = end + 1
+
+
+def curl_commands(text: str) -> list[tuple[int, int, str]]:
+    """(the `$ curl` line, the line after its output, the command) of each fenced example."""
+    lines = text.split("\n")
+    found = []
+    for starts, end in fenced_examples(lines):
+        if all(lines[j].startswith("$ curl ") for j in starts):
             for k, j in enumerate(starts):
                 found.append((j, starts[k + 1] if k + 1 < len(starts) else end, lines[j][2:]))
-        i = end + 1
     return found
 
 
@@ -235,16 +243,9 @@ def commands(text: str) -> list[tuple[int, int, str, int]]:
     """Each runnable example: (first line, line after its output, the command text, line after the
     command) in a page, from fenced blocks whose `$` lines are all `hmba-db` commands we can run."""
     lines = text.split("\n")
-    found, i = [], 0
-    while i < len(lines):
-        if not lines[i].startswith("```"):
-            i += 1
-            continue
-        end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
-        starts = [j for j in range(i + 1, end) if lines[j].startswith("$ ")]
-        if starts and all(
-            lines[j].startswith("$ hmba-db ") and lines[j].split()[2] in RUNNABLE for j in starts
-        ):
+    found = []
+    for starts, end in fenced_examples(lines):
+        if all(lines[j].startswith("$ hmba-db ") and lines[j].split()[2] in RUNNABLE for j in starts):
             for k, j in enumerate(starts):
                 stop = starts[k + 1] if k + 1 < len(starts) else end
                 m = j
@@ -259,7 +260,6 @@ def commands(text: str) -> list[tuple[int, int, str, int]]:
                         break
                     m += 1
                 found.append((j, stop, text_so_far, m + 1))
-        i = end + 1
     return found
 
 
