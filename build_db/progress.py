@@ -27,7 +27,6 @@ class Reporter:
         self.steps = steps
         self.step_no = 0
         self.t0 = time.monotonic()
-        self._started: list[tuple[str, float]] = []  # each step's message and start time
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -36,13 +35,7 @@ class Reporter:
     def step(self, message: str) -> None:
         self.step_no += 1
         of = f" of {self.steps}" if self.steps else ""
-        self._started.append((message, time.monotonic()))
         self.log(f"step [{self.step_no}{of}] {message}")
-
-    def step_seconds(self) -> list[tuple[str, float]]:
-        """Each step so far and how long it took (the last one until now)."""
-        ends = [t for _, t in self._started[1:]] + [time.monotonic()]
-        return [(m, round(end - t, 2)) for (m, t), end in zip(self._started, ends, strict=True)]
 
     def bar(
         self, total: float, desc: str, unit: str = "it", unit_scale: bool = True, position: int | None = None

@@ -301,12 +301,12 @@ def test_plot_paths_are_checked_before_the_query(tiny_store, tmp_path):
 def test_a_full_disk_is_one_line(tiny_release, tmp_path, monkeypatch):
     import errno
 
-    from build_db.store import build as build_module
+    from build_db.store import steps
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.parquet"))
 
-    monkeypatch.setattr(build_module, "merge_stats", full)
+    monkeypatch.setattr(steps, "merge_stats", full)
     r = CliRunner().invoke(
         main, ["build", str(tiny_release), str(tmp_path / "s"), "--species", "Marmoset", "-q"]
     )

@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                 "  of which merging the statistics (their sums are taken in the sort workers)",
                 f"{b['info']['statistics']['merge_seconds']:.0f} s",
             ),
-            *((f"  step: {step}", f"{seconds:.0f} s") for step, seconds in b["info"].get("step_seconds", [])),
+            *(
+                (f"  step: {step}", f"{seconds:.0f} s")
+                for step, seconds in b["info"].get("step_seconds", {}).items()
+            ),
             ("peak memory, all build processes", f"{b['peak_rss'] / 2**30:.2f} GiB"),
             (
                 "peak staging disk",
