@@ -226,6 +226,21 @@ class Page {
   current(ticket) {
     return ticket === this.rendered;
   }
+
+  // A named analysis' answer for the view being drawn, its SQL in the toolbar's copies; null when it failed
+  // (the server's one line shown in the view's error line) or a newer state took over meanwhile.
+  async analysis(ticket, name, params, errorId) {
+    let answer;
+    try {
+      answer = await api(`/query/${name}`, params);
+    } catch (e) {
+      if (this.current(ticket)) document.getElementById(errorId).textContent = e.message;
+      return null;
+    }
+    if (!this.current(ticket)) return null;
+    this.setCopies(this.namedCopies(name, params, answer.sql));
+    return answer;
+  }
 }
 
 whenUnauthorized(() => askForToken());

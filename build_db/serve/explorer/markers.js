@@ -1,6 +1,6 @@
 // The markers of a term against the rest of its level (the markers analysis) as a sortable table; a click
 // on a gene adds it to the chosen genes (the dot plot's).
-import { api, apiUrl, esc, fillSelect } from "./common.js";
+import { apiUrl, esc, fillSelect } from "./common.js";
 import { pickTerm } from "./regions.js";
 import { table } from "./table.js";
 
@@ -38,17 +38,10 @@ export async function render(page, ticket) {
   const params = { species: picked.species, level: picked.level, term: picked.term.term_label, n: s.n };
   page.setDownload({ url: apiUrl("/query/markers", { ...params, format: "csv" }), filename: `markers-${picked.term.term_name}.csv` });
   page.setCopies(page.namedCopies("markers", params, ""));
-  let answer;
-  try {
-    answer = await api("/query/markers", params);
-  } catch (e) {
-    if (page.current(ticket)) $("mk-error").textContent = e.message;
-    return;
-  }
-  if (!page.current(ticket)) return;
+  const answer = await page.analysis(ticket, "markers", params, "mk-error");
+  if (!answer) return;
   $("mk-error").textContent = answer.rows.length ? (answer.notes || []).join(" ")
     : "No gene passes the analysis' thresholds for this term.";
-  page.setCopies(page.namedCopies("markers", params, answer.sql));
   table($("mk-table"), answer.columns, answer.rows, {
     caption: `Markers of ${picked.term.term_name} (${picked.level}, ${picked.species}) against the rest of the level`,
     cell: (col, v) => col === "gene_symbol" && v

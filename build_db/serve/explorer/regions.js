@@ -1,7 +1,7 @@
 // One gene in one term, across dissected regions and donors (the gene_in_term analysis: the region x Group
 // and donor x Group statistics of the term's Groups, or the gene's rows for a Cluster): two bar charts of
 // mean log2(CPM+1), each bar's colour its fraction expressing, and the table.
-import { api, apiUrl, fillSelect, LEVELS, plotly, terms } from "./common.js";
+import { apiUrl, fillSelect, LEVELS, plotly, terms } from "./common.js";
 import { table } from "./table.js";
 
 const $ = (id) => document.getElementById(id);
@@ -70,16 +70,9 @@ export async function render(page, ticket) {
   const params = { species: picked.species, gene, level: picked.level, term: picked.term.term_label };
   page.setDownload({ url: apiUrl("/query/gene_in_term", { ...params, format: "csv" }), filename: `${gene}-in-${picked.term.term_name}.csv` });
   page.setCopies(page.namedCopies("gene_in_term", params, ""));
-  let answer;
-  try {
-    answer = await api("/query/gene_in_term", params);
-  } catch (e) {
-    if (page.current(ticket)) $("reg-error").textContent = e.message;
-    return;
-  }
-  if (!page.current(ticket)) return;
+  const answer = await page.analysis(ticket, "gene_in_term", params, "reg-error");
+  if (!answer) return;
   $("reg-error").textContent = (answer.notes || []).join(" ");
-  page.setCopies(page.namedCopies("gene_in_term", params, answer.sql));
   const c = Object.fromEntries(answer.columns.map((n, i) => [n, i]));
   const byRegion = answer.rows.filter((r) => r[c.dimension] === "region");
   const byDonor = answer.rows.filter((r) => r[c.dimension] === "donor");
