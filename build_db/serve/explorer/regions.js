@@ -1,6 +1,6 @@
 // One gene in one term, across dissected regions and donors (the gene_in_term analysis: the region x Group
 // and donor x Group statistics of the term's Groups, or the gene's rows for a Cluster): two bar charts of
-// mean log2(CPM+1), each bar's colour its fraction expressing, and the table.
+// mean log2(CPM+1) (the fraction expressing and the pseudobulk in their hover text), and the table.
 import { apiUrl, fillSelect, LEVELS, plotly, terms } from "./common.js";
 import { table } from "./table.js";
 
@@ -36,11 +36,10 @@ function bars(el, rows, c, title) {
     `pseudobulk ${r[c.pseudobulk_cpm].toFixed(1)} CPM`);
   return Plotly.react(el, [{
     type: "bar", x: rows.map((r) => r[c.label]), y: rows.map((r) => r[c.mean_log2_cpm]),
-    hovertext: text, hoverinfo: "text", hoverlabel: { bgcolor: "#fff", bordercolor: "#888" },
-    marker: {
-      color: rows.map((r) => r[c.fraction_expressing]), colorscale: "Viridis", cmin: 0, cmax: 1,
-      showscale: true, colorbar: { title: { text: "fraction<br>expressing" }, thickness: 12 },
-    },
+    hovertext: text, hoverinfo: "text",
+    // one colour (viridis' blue): the fraction expressing is in the hover text and the table (a colour
+    // scale on bars made plotly warn in the console for every bar)
+    marker: { color: "#3b528b" },
   }], {
     title: { text: title, font: { size: 14 } }, height: 340, margin: { l: 50, r: 10, t: 40, b: 90 },
     yaxis: { title: { text: "mean log2(CPM+1)" }, rangemode: "tozero" },
