@@ -226,7 +226,8 @@ class Rendered:
     notes: list[str]
 
 
-def _built_species(con: duckdb.DuckDBPyConnection) -> list[str]:
+def built_species(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The species built into a store, in the release's order."""
     # from the genes table, which the parameters are resolved against anyway (Spark's resolver holds it)
     have = {r[0] for r in con.execute("select distinct species from genes").fetchall()}
     return [s for s in R.SPECIES if s in have]
@@ -284,7 +285,7 @@ def render(con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict) -> R
             f"query {query.name} has no parameter {', '.join(sorted(unknown))}; it takes: {accepted}",
             key=sorted(unknown)[0],
         )
-    built = _built_species(con)
+    built = built_species(con)
     raw = {p.name: params.get(p.name, p.default) for p in query.params}
     values: dict[str, Any] = {}
     notes: list[str] = []

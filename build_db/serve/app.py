@@ -45,7 +45,7 @@ from .. import defaults as D
 from ..access import results as out
 from ..access.embedding import umap_points
 from ..access.genes import search_genes
-from ..access.queries import PARAM_TYPES, execute, get_query, list_queries, render
+from ..access.queries import PARAM_TYPES, built_species, execute, get_query, list_queries, render
 from ..access.sandbox import UnsafeQuery
 from ..access.taxonomy import list_terms, term_detail
 from ..errors import HmbaError
@@ -171,11 +171,10 @@ def _species_list(built: list[str], value: str | None) -> list[str]:
         return built
     out = []
     for item in value.split(","):
-        match = {s.lower(): s for s in R.SPECIES}.get(item.strip().lower())
-        if match is None:
-            raise ApiError(
-                400, f"species={item.strip()}: unknown species; choose from {', '.join(R.SPECIES)}"
-            )
+        try:
+            match = R.species_named(item.strip())
+        except HmbaError as e:
+            raise ApiError(400, str(e)) from e
         if match not in built:
             raise ApiError(400, f"species={match}: not in this store (built: {', '.join(built)})")
         out.append(match)
@@ -224,8 +223,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     def species_of(snap) -> list[str]:
         if not hasattr(snap, "species"):
             with snap.connection() as con:
-                have = {r[0] for r in con.execute("select distinct species from cell_totals").fetchall()}
-            snap.species = [s for s in R.SPECIES if s in have]
+                snap.species = built_species(con)
         return snap.species
 
     app.add_middleware(_Guard, token=config.token)
