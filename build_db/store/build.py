@@ -18,7 +18,7 @@ from ..progress import Reporter
 from ..release import layout as R
 from ..release.manifest import Layout, read_manifest
 from .guard import build_lock, check_target
-from .steps import STATE_VERSION, BuildContext, BuildResult, Step, collect_snapshots, plan
+from .steps import STATE_VERSION, BuildContext, BuildResult, Step, collect_snapshots, plan, recover_publish
 
 __all__ = ["STATE_VERSION", "BuildResult", "build", "collect_snapshots", "run_steps"]
 
@@ -81,6 +81,7 @@ def build(
     )
     with build_lock(store):
         t0 = time.monotonic()
+        recover_publish(store, rep)
         run_steps(ctx, plan(species))
     result = ctx.result
     result.seconds = time.monotonic() - t0

@@ -103,12 +103,12 @@ def check_target(store: Path, species: tuple[str, ...], force: bool) -> None:
     entries = sorted(p.name for p in store.iterdir())
     if not entries:
         return
-    if "build.json" not in entries:
+    if "build.json" not in entries and not ("snapshots" in entries and _ours(entries)):
         raise HmbaError(
             f"{store}: holds {_listing(entries)} and is not an hmba-db store (no build.json); choose another "
             "path, or pass --force to replace the folder and all of it"
         )
-    foreign = [e for e in entries if e not in STORE_ENTRIES]
+    foreign = [e for e in entries if not _ours([e])]
     if foreign:
         raise HmbaError(
             f"{store}: holds {_listing(foreign)}, which a build did not write; move them out, or pass "
@@ -125,6 +125,11 @@ def check_target(store: Path, species: tuple[str, ...], force: bool) -> None:
             f"{store}: has {', '.join(dropped)}, which this build (--species {','.join(species)}) would "
             f"drop; add {them} to --species, or pass --force to drop {them}"
         )
+
+
+def _ours(entries: list[str]) -> bool:
+    """Names a build writes in a store: its entries and the links it swaps in (`.catalog.duckdb.<id>`)."""
+    return all(e in STORE_ENTRIES or e.startswith((".catalog.duckdb.", ".build.json.")) for e in entries)
 
 
 def _listing(names: list[str], most: int = 5) -> str:

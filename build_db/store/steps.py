@@ -725,20 +725,50 @@ def _publish(staging: Path, store: Path, build_id: str, keep_old: float) -> None
             "and run the same build again (it resumes, staging kept)"
         )
     previous = files_root(store)
-    # The resumable work goes only now: until here, a killed or failed build resumes from it.
-    for work in ("_scatter", STATS_WORK):
-        shutil.rmtree(staging / work, ignore_errors=True)
-    (staging / "state.json").unlink(missing_ok=True)
+    # The resumable work goes only now: until here, a killed or failed build resumes from it. The state
+    # file moves in with the snapshot and goes once the links name it: a build killed in between finds it
+    # there and resumes the publish (recover_publish).
+    _clear_work(staging, keep_state=True)
     os.replace(staging, final)
     for name in (CATALOG, BUILD_JSON):
         tmp = store / f".{name}.{build_id}"
+        tmp.unlink(missing_ok=True)
         os.symlink(f"{SNAPSHOTS}/{build_id}/{name}", tmp)
         os.replace(tmp, store / name)
     if previous != store and previous != final and previous.is_dir():
         (previous / RETIRED).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+    (final / "state.json").unlink()
     for name in ("expression", TABLES, "aggregates"):  # a store built before snapshots: now unused
         shutil.rmtree(store / name, ignore_errors=True)
     collect_snapshots(store, keep_old)
+
+
+def _clear_work(folder: Path, keep_state: bool = False) -> None:
+    """A build's resumable work, and its state file unless `keep_state`."""
+    for work in ("_scatter", STATS_WORK):
+        shutil.rmtree(folder / work, ignore_errors=True)
+    if not keep_state:
+        (folder / "state.json").unlink(missing_ok=True)
+
+
+def recover_publish(store: Path, rep: Reporter) -> None:
+    """Finish what a build killed while publishing left: a snapshot moved in that the links do not name
+    yet goes back to staging, so the build resumes with its steps kept; one they already name was
+    published and loses only its state file. Called under the build lock."""
+    store = Path(store).absolute()
+    for tmp in [*store.glob(f".{CATALOG}.*"), *store.glob(f".{BUILD_JSON}.*")]:
+        if tmp.is_symlink():
+            tmp.unlink()
+    snaps = store / SNAPSHOTS
+    if not snaps.is_dir():
+        return
+    current, staging = files_root(store), staging_dir(store)
+    for snap in sorted(p for p in snaps.iterdir() if (p / "state.json").exists()):
+        if snap != current and not staging.exists():
+            os.replace(snap, staging)
+            rep.log(f"a build was stopped while publishing {snap.name} into {store}: resuming it")
+        else:
+            _clear_work(snap)
 
 
 def collect_snapshots(store: Path, keep_old: float) -> list[str]:
