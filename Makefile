@@ -12,7 +12,7 @@ SCALE ?= 0.01
 SPECIES ?= Marmoset
 WHAT ?= raw,metadata,taxonomy
 
-.PHONY: help demo test bench bench-full lint typecheck format synth check db docs clean
+.PHONY: help demo test test-bi bi-superset bi-evidence bench bench-full lint typecheck format synth check db docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,27 @@ $(REMOTE_STAMP): pyproject.toml
 	$(REMOTE)/bin/pip install --quiet -e . duckdb==$(REMOTE_DUCKDB) duckdb-extension-httpfs==$(REMOTE_DUCKDB) \
 		duckdb-extensions==$(REMOTE_DUCKDB)
 	touch $(REMOTE_STAMP)
+
+# Apache Superset in its own environment (its pins clash with ours: SQLAlchemy 1.4, pandas 2.1), for
+# `make bi-superset` and the BI tests. Superset 6.1.0's wheel misses three of its needs: flask-caching is
+# pinned to 2.4.1 as Superset's own requirements/base.txt pins it (2.5 breaks its metadata cache,
+# apache/superset#43860), and rich (its CLI) and cachetools (its engine specs) are not declared.
+SUPERSET := .venv-superset
+SUPERSET_STAMP := $(SUPERSET)/.installed
+
+$(SUPERSET_STAMP):
+	$(PYTHON) -m venv $(SUPERSET)
+	$(SUPERSET)/bin/pip install --quiet "apache-superset==6.1.0" "duckdb-engine>=0.17" "flask-caching==2.4.1" \
+		rich cachetools
+	touch $(SUPERSET_STAMP)
+
+# Evidence (npm) for `make bi-evidence`: its packages in bi/evidence/node_modules. TypeScript is pinned to the
+# 5.4.2 that @evidence-dev/evidence 40.1.8 asks as a peer (npm would otherwise take 7.x and refuse).
+EVIDENCE_STAMP := bi/evidence/node_modules/.installed
+
+$(EVIDENCE_STAMP): bi/evidence/package.json
+	npm install --silent --no-audit --no-fund --prefix bi/evidence
+	touch $(EVIDENCE_STAMP)
 
 # Java 17 for the Spark tests (pyspark comes with the test extras): Debian's JRE when none is installed.
 JAVA_STAMP := $(VENV)/.java
@@ -105,6 +126,19 @@ demo: $(STAMP) ## generate a synthetic release, build and verify a store, answer
 test: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) $(CHROMIUM_STAMP) ## run the test suite (fast tests only; slow ones run in bench)
 	$(BIN)/pytest -q
 
+test-bi: $(STAMP) $(SUPERSET_STAMP) $(EVIDENCE_STAMP) $(CHROMIUM_STAMP) ## the BI tools' tests: Superset and Evidence on a tiny store, their charts' numbers against the store's, drawn in Chromium
+	$(BIN)/pytest -q -m bi
+
+BI_STORE ?= $(DATA)/demo-store
+
+bi-superset: $(STAMP) $(SUPERSET_STAMP) ## Superset on 127.0.0.1:8088 with the HMBA-BG markers dashboard over BI_STORE (default: the demo store, made if missing)
+	@test -e $(BI_STORE)/catalog.duckdb || $(MAKE) demo
+	$(BIN)/python -m build_db.bi.superset up $(BI_STORE) --home $(DATA)/superset
+
+bi-evidence: $(STAMP) $(EVIDENCE_STAMP) ## Evidence pages (dot plot, markers, cells per level, gene by region) over BI_STORE, built and served on 127.0.0.1:3000; GENES=a,b,c for the panel
+	@test -e $(BI_STORE)/catalog.duckdb || $(MAKE) demo
+	$(BIN)/python -m build_db.bi.evidence up $(BI_STORE) $(if $(GENES),--genes $(GENES))
+
 bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) $(WRK_STAMP) $(CHROMIUM_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, the server and its page, then the slow tests
 	$(BIN)/python -m build_db.tools.bench --out $(DATA)/bench
 	$(BIN)/python -m build_db.tools.bench_remote $(DATA)/bench/store-0.01 --spark
@@ -151,5 +185,5 @@ docs: $(STAMP) $(CHROMIUM_STAMP) ## regenerate the manual's generated parts (nam
 	$(BIN)/python -m build_db.store.schema --write docs/data-dictionary.md
 
 clean: ## remove generated data, caches and the virtualenv
-	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) $(REMOTE) tests/node/node_modules .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) $(REMOTE) $(SUPERSET) tests/node/node_modules bi/evidence/node_modules .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -32,3 +32,7 @@ SERVE_PORT = 8000
 SERVE_TIMEOUT = 30.0  # seconds a named query or a look-up may run before a 504
 SERVE_MAX_EXPORT_MB = 1024.0  # an AnnData download past this is a 413 with its estimated size
 SERVE_SQL_WORKERS = 2  # sandbox processes answering /api/v1/sql at once
+
+# The notebook's marker genes: the demo's question, the benchmarks' gene set, the BI dashboards' heatmap
+# (the explorer page's first genes, in app.js, are the same seven).
+NOTEBOOK_GENES = ["SLC17A6", "SLC32A1", "PTPRC", "PLP1", "AQP4", "DRD1", "DRD2"]

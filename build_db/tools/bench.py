@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..defaults import NOTEBOOK_GENES
 from ..release import layout as R
 from ..release.h5ad import CsrReader
 from ..store.paths import files_root
@@ -222,7 +223,6 @@ def table(rows: list[dict]) -> str:
 
 SOMA_VENV = Path(".venv-soma")
 QUERY_GENE = "DRD1"
-NOTEBOOK_GENES = ["SLC17A6", "SLC32A1", "PTPRC", "PLP1", "AQP4", "DRD1", "DRD2"]
 
 
 def _median_ms(fn, repeat: int = 7) -> tuple[float, Any]:

@@ -17,10 +17,9 @@ import pandas as pd
 
 from ..access.analyses import mean_expression
 from ..access.connect import connect
+from ..defaults import NOTEBOOK_GENES
 from ..errors import HmbaError
 from .scan import mean_log2_by_term
-
-NOTEBOOK_GENES = ["SLC17A6", "SLC32A1", "PTPRC", "PLP1", "AQP4", "DRD1", "DRD2"]
 
 
 def heatmap(tables: dict[str, pd.DataFrame], genes: list[str], order: list[str], out: Path) -> Path:
