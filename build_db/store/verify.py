@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import HmbaError
 from ..progress import worker_pool
+from .catalog import sql_literal
 from .paths import files_root, species_part, table_file
 from .verify_stats import verify_statistics
 
@@ -48,6 +50,11 @@ def _scan(files: list[str], n_cells: int, genes: tuple[int, int] | None, rank_of
     cell_n = np.zeros(n_cells, dtype=np.int64)
     stats, problems = {}, []
     what = "bucket" if rank_of is None else "cell bucket"
+    columns = "gene_index, cell_index, raw_count" + ("" if rank_of is None else ", cell_rank")
+    # DuckDB decodes these files ~3x faster than pyarrow's reader (its DELTA_BINARY_PACKED cell indexes
+    # above all: 80.8M rows in 1.7 s against 4.9 s, one thread each); one thread, so rows come in file order.
+    con = duckdb.connect(config={"threads": 1})
+    con.execute("set enable_progress_bar = false")
     for f in files:
         k = int(Path(f).parent.name.split("=")[1])
         lo, hi = (k * genes[0], min(genes[1], (k + 1) * genes[0]) - 1) if genes else (0, 2**16 - 1)
@@ -55,16 +62,19 @@ def _scan(files: list[str], n_cells: int, genes: tuple[int, int] | None, rank_of
         last_key, row = -1, 0
         try:
             # Batches bound a worker's memory (~40 bytes per row of a batch) whatever the bucket's size.
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS):
-                g = batch.column("gene_index").to_numpy().astype(np.int64)
-                c = batch.column("cell_index").to_numpy().astype(np.int64)
-                v = batch.column("raw_count").to_numpy().astype(np.int64)
-                if len(v) == 0:
+            rows = con.sql(f"select {columns} from read_parquet({sql_literal(f)})")
+            for batch in rows.to_arrow_reader(BATCH_ROWS):
+                g = batch.column("gene_index").to_numpy()  # int32, no copies but the one 64-bit key
+                c = batch.column("cell_index").to_numpy()
+                v = batch.column("raw_count").to_numpy()
+                n = len(v)
+                if n == 0:
                     continue
-                total[0] += len(v)
-                total[1] += int(v.sum())
-                total[2] += int(c.sum())
-                total[3] += int((g * v).sum())
+                key = g.astype(np.int64)
+                total[0] += n
+                total[1] += int(v.sum(dtype=np.int64))
+                total[2] += int(c.sum(dtype=np.int64))
+                total[3] += int((key * v).sum())
                 if g.min() < lo or g.max() > hi or c.min() < 0 or c.max() >= n_cells:
                     problems.append(
                         f"{what} {k}: genes {g.min()}..{g.max()} or cells {c.min()}..{c.max()} outside "
@@ -72,32 +82,47 @@ def _scan(files: list[str], n_cells: int, genes: tuple[int, int] | None, rank_of
                     )
                     break
                 if rank_of is None:
-                    key = g * n_cells + c
-                else:
-                    r = batch.column("cell_rank").to_numpy().astype(np.int64)
-                    wrong = np.flatnonzero(rank_of[c] != r)
+                    key *= n_cells
+                    key += c
+                else:  # a cell's rows are one run (checked below): its cell and rank checked once per run
+                    r = batch.column("cell_rank").to_numpy()
+                    new_rank = np.diff(r) != 0
+                    starts = np.concatenate([[0], np.flatnonzero(new_rank) + 1])
+                    cells = c[starts]
+                    wrong = np.flatnonzero(rank_of[cells] != r[starts])
                     if len(wrong):
-                        i = int(wrong[0])
+                        i = int(starts[wrong[0]])
                         problems.append(
                             f"{what} {k}: row {row + i} has cell_rank {r[i]} for cell {c[i]}, whose rank is "
                             f"{rank_of[c[i]]}"
                         )
                         break
-                    key = r * 2**16 + g
-                steps = np.diff(np.concatenate([[last_key], key]))
-                bad = np.flatnonzero(steps <= 0)
-                if len(bad):
-                    i = int(bad[0])
+                    moved = np.flatnonzero((np.diff(c) != 0) & ~new_rank)
+                    if len(moved):
+                        i = int(moved[0]) + 1
+                        problems.append(
+                            f"{what} {k}: row {row + i} has cell {c[i]} inside cell_rank {r[i]}'s rows"
+                        )
+                        break
+                    key += r.astype(np.int64) << 16
+                if key[0] <= last_key or np.less_equal(key[1:], key[:-1]).any():
+                    steps = np.diff(np.concatenate([[last_key], key]))
+                    i = int(np.flatnonzero(steps <= 0)[0])
                     kind = "duplicate" if steps[i] == 0 else "out of order"
                     problems.append(f"{what} {k}: row {row + i} (gene {g[i]}, cell {c[i]}) is {kind}")
                     break
+                if rank_of is None:  # cells scattered: count them one by one
+                    cell_sum += np.bincount(c, weights=v, minlength=n_cells)
+                    cell_n += np.bincount(c, minlength=n_cells)
+                else:
+                    cell_sum[cells] += np.add.reduceat(v, starts, dtype=np.int64)
+                    cell_n[cells] += np.diff(np.append(starts, n))
                 last_key = int(key[-1])
-                row += len(v)
-                cell_sum += np.bincount(c, weights=v, minlength=n_cells)
-                cell_n += np.bincount(c, minlength=n_cells)
-        except (OSError, pa.ArrowException) as e:  # a truncated or damaged file: a finding, not a crash
+                row += n
+        except (OSError, pa.ArrowException, duckdb.Error) as e:  # a damaged file: a finding, not a crash
             problems.append(f"{what} {k}: {f} cannot be read ({' '.join(str(e).split())}); rebuild the store")
         stats[k] = total
+    con.close()
     return stats, cell_sum, cell_n, problems
 
 
