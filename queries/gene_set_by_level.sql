@@ -14,14 +14,9 @@ with terms as (
     where species = $species and level = $level
 ),
 
-stats as (
-    select
-        species,
-        gene_index,
-        term_label,
-        sum_log2_cpm / n_cells as mean_log2_cpm,
-        n_expressing / n_cells as fraction_expressing
-    from term_gene_sums
+stats as (  -- the measures of term_gene_stats (sql/shared/gene_stats_measures.sql)
+    select species, gene_index, term_label, mean_log2_cpm, fraction_expressing
+    from term_gene_stats
     where species = $species and level = $level and gene_bucket in $gene_buckets
         and gene_index in $gene_indexes
 ),

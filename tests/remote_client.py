@@ -3,7 +3,7 @@ open a published store by URL and print, as JSON lines, every named query's answ
 
     python tests/remote_client.py URL queries            # every named query with its example parameters
     python tests/remote_client.py URL attach SQL         # plain DuckDB: ATTACH the published catalog, run SQL
-    python tests/remote_client.py URL mean SPECIES GENE  # analyses.mean_expression (reads bucket files)
+    python tests/remote_client.py URL mean SPECIES GENE  # analyses.mean_expression_from_rows (bucket files)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main(url: str, what: str, *args: str) -> None:
     elif what == "mean":
         from build_db import analyses
 
-        df = analyses.mean_expression(con, args[0], args[1])
+        df = analyses.mean_expression_from_rows(con, args[0], args[1])  # the gene's rows: one bucket's file
         print(json.dumps({"frame": json.loads(df.to_json(orient="split"))}))
 
 

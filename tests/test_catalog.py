@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from build_db.access.analyses import mean_expression, resolve_genes
+from build_db.access.analyses import mean_expression, mean_expression_from_rows, resolve_genes
 from build_db.access.connect import connect
 from build_db.cli import main
 from build_db.errors import HmbaError, ReleaseError
@@ -152,6 +152,10 @@ def test_notebook_question_equals_numpy_on_the_source(tiny_release, con):
             group.values
         )
         got = mean_expression(con, species, genes, "Group")
+        # The statistics and the non-zeros give the same table.
+        pd.testing.assert_frame_equal(
+            got, mean_expression_from_rows(con, species, genes, "Group"), rtol=1e-12
+        )
         assert set(got.index) == set(want.groups)
         np.testing.assert_allclose(
             got[genes].to_numpy(), want.mean().loc[got.index].to_numpy(), rtol=1e-9, atol=1e-12

@@ -254,7 +254,7 @@ def test_copy_as_python_runs_and_answers_the_same(page, server, tiny_store):
     pd.testing.assert_frame_equal(scope["frame"], plotted, check_dtype=False)
     page.get_by_test_id("copy-sql").click()
     page.wait_for_function("document.querySelector('[data-testid=copy-text]').dataset.kind === 'sql'")
-    assert "term_gene_sums" in page.get_by_test_id("copy-text").inner_text()
+    assert "term_gene_stats" in page.get_by_test_id("copy-text").inner_text()
 
 
 def test_hostile_sql_shows_the_sandbox_refusal(page, server):

@@ -127,7 +127,7 @@ def test_one_gene_reads_a_fraction_of_the_store(served, tiny_store):
     ).fetchall()[0]
     server.traffic.reset()
     remote = _frames(_side(str(CLIENT), url, "mean", "Marmoset", gene).stdout)[""]
-    local = analyses.mean_expression(con, "Marmoset", [gene])
+    local = analyses.mean_expression(con, "Marmoset", [gene])  # from the statistics: the same numbers
     pd.testing.assert_frame_equal(
         remote.reset_index(drop=True), local.reset_index(drop=True), check_dtype=False, rtol=1e-9
     )

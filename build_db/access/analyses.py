@@ -23,6 +23,7 @@ __all__ = [
     "GeneMatch",
     "resolve_genes",
     "mean_expression",
+    "mean_expression_from_rows",
     "gene_set_by_level",
     "dotplot",
     "markers",
@@ -84,12 +85,43 @@ def mean_expression(
     assigned at that level (zeros included); rows in taxonomy order, a column per gene, then
     `<gene>_fraction` columns and n_cells.
 
-    Reads only the genes' row groups from their buckets' files; the per-cell term and totals come from a
-    per-store cache, so warm calls cost the genes' rows, not a scan of the cells table.
+    Read from the statistics the build took from every non-zero (term_gene_sums: each gene's sum of
+    log2(CPM+1) and its expressing cells per term), so a gene costs a few rows per term, not its
+    non-zeros: the densest Human gene (1.68M non-zeros) 75 ms from its rows, a few ms from these.
+    `mean_expression_from_rows` computes the same from the non-zeros (the tests hold the two equal).
 
     Example:
         >>> mean_expression(connect("data/demo-store"), "Human", ["DRD1", "DRD2"], "Group")  # doctest: +SKIP
     """
+    species, level = R.species_named(species), R.level_named(level)
+    genes = resolve_genes(con, species, symbols)
+    cells = _cell_terms(con, species, level)
+    buckets, indexes = _ints(g.gene_bucket for g in genes), _ints(g.gene_index for g in genes)
+    got = con.execute(
+        "select terms.term_name, sums.gene_index, sums.sum_log2_cpm, sums.n_expressing "
+        "from term_gene_sums as sums join taxonomy_terms as terms using (term_label) "
+        f"where sums.species = ? and sums.level = ? and sums.gene_bucket in ({buckets}) "
+        f"and sums.gene_index in ({indexes})",
+        [species, level],
+    ).fetchnumpy()
+    term_pos = {t: i for i, t in enumerate(cells.terms)}
+    gene_pos = {g.gene_index: i for i, g in enumerate(genes)}
+    sums = np.zeros((len(cells.terms), len(genes)))
+    hits = np.zeros((len(cells.terms), len(genes)))
+    for term, gene, total, n in zip(
+        got["term_name"], got["gene_index"], got["sum_log2_cpm"], got["n_expressing"], strict=True
+    ):
+        if term in term_pos:
+            sums[term_pos[term], gene_pos[int(gene)]] = total
+            hits[term_pos[term], gene_pos[int(gene)]] = n
+    return _as_table(cells, genes, level, sums, hits)
+
+
+def mean_expression_from_rows(
+    con: duckdb.DuckDBPyConnection, species: str, symbols: list[str], level: str = "Group"
+) -> pd.DataFrame:
+    """`mean_expression` computed from the genes' non-zeros (their row groups only) and the per-cell term
+    and totals (a per-store cache): the check on the statistics, and the path for a cell selection."""
     species, level = R.species_named(species), R.level_named(level)
     genes = resolve_genes(con, species, symbols)
     cells = _cell_terms(con, species, level)
@@ -105,6 +137,14 @@ def mean_expression(
     slot = code[keep] * n_genes + gene_pos[keep]
     sums = np.bincount(slot, weights=log2, minlength=n_terms * n_genes).reshape(n_terms, n_genes)
     hits = np.bincount(slot, minlength=n_terms * n_genes).reshape(n_terms, n_genes)
+    return _as_table(cells, genes, level, sums, hits)
+
+
+def _ints(values) -> str:
+    return ", ".join(str(int(v)) for v in values)
+
+
+def _as_table(cells: _CellTerms, genes: list, level: str, sums: np.ndarray, hits: np.ndarray) -> pd.DataFrame:
     sizes = cells.sizes[:, None].astype(np.float64)
     out = pd.DataFrame(
         sums / sizes, index=pd.Index(cells.terms, name=level.lower()), columns=[g.symbol for g in genes]

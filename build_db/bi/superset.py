@@ -207,6 +207,8 @@ def charts(species: str = "Human") -> list[Chart]:
 
 
 def environment(home: Path) -> dict:
+    if not CONFIG.exists():  # an installed package has no bi/ folder: the Make targets run from a checkout
+        raise HmbaError(f"{CONFIG}: not found; run Superset from the project's checkout (make bi-superset)")
     return {
         **os.environ,
         "SUPERSET_CONFIG_PATH": str(CONFIG),

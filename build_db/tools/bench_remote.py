@@ -38,9 +38,9 @@ step("one gene x Group, statistics, another gene (DRD2)",
      lambda: run_query(con, "gene_set_by_level", genes="DRD2", species="Human"))
 step("7-gene heatmap x Group x 3 species (gene_set_across_species)",
      lambda: run_query(con, "gene_set_across_species", genes=sys.argv[2]))
-step("one gene x Group from the expression store (mean_expression PENK), first",
-     lambda: analyses.mean_expression(con, "Human", ["PENK"]))
-step("the same, another gene (TAC1)", lambda: analyses.mean_expression(con, "Human", ["TAC1"]))
+step("one gene x Group from the expression store (mean_expression_from_rows PENK), first",
+     lambda: analyses.mean_expression_from_rows(con, "Human", ["PENK"]))
+step("the same, another gene (TAC1)", lambda: analyses.mean_expression_from_rows(con, "Human", ["TAC1"]))
 """
 
 
