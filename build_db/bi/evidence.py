@@ -153,8 +153,12 @@ def npm(*args: str, project: Path = PROJECT) -> None:
             f"npm run {' '.join(args)} in {project} took over {NPM_TIMEOUT:.0f} s; stopped"
         ) from None
     if done.returncode != 0:
-        said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-8:]
-        raise HmbaError(f"npm run {' '.join(args)} in {project} failed:\n  " + "\n  ".join(said))
+        log = project / f"npm-{args[0]}.log"
+        log.write_text(done.stdout + done.stderr)
+        said = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        raise HmbaError(
+            f"npm run {' '.join(args)} failed: {said[-1] if said else 'no output'} (all of it: {log})"
+        )
 
 
 def build_site(
@@ -211,7 +215,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
         pass
 
-    def send_head(self):  # Evidence's pages are folders: /dotplot -> /dotplot/index.html
+    def send_head(self):  # a page written as dotplot.html is asked for as /dotplot
         path = self.translate_path(self.path)
         if not os.path.exists(path) and os.path.exists(path + ".html"):
             self.path = self.path.split("?")[0] + ".html"
