@@ -216,3 +216,31 @@ def test_a_publish_stopped_before_the_links_resumes(tiny_release, tmp_path, refe
     build_id = json.loads((store / "build.json").read_text())["build_id"]
     assert [p.name for p in (store / "snapshots").iterdir()] == [build_id]
     assert not list(store.rglob("state.json")) and not staging_dir(store).exists()
+
+
+def test_a_publish_stopped_between_the_two_links_is_finished(tiny_release, tmp_path, monkeypatch):
+    """Killed after the catalog link named the new snapshot, before build.json's: the next build points
+    build.json at it too, so the two never name different builds."""
+    from build_db.store import steps
+    from build_db.store.build import build
+
+    store = tmp_path / "store"
+    build(tiny_release, store, species=("Marmoset",), bucket_nnz=5000, quiet=True)
+    first = json.loads((store / "build.json").read_text())["build_id"]
+    symlink = os.symlink
+
+    def killed(target, *args, **kwargs):
+        if str(target).startswith("snapshots/") and str(target).endswith("build.json"):
+            raise SystemExit("killed")
+        symlink(target, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(steps.os, "symlink", killed)
+        with pytest.raises(SystemExit):
+            build(tiny_release, store, species=("Marmoset",), bucket_nnz=5000, quiet=True)
+    new = Path(os.readlink(store / "catalog.duckdb")).parent.name
+    assert new != first and json.loads((store / "build.json").read_text())["build_id"] == first
+    steps.recover_publish(store, steps.Reporter(True))
+    assert json.loads((store / "build.json").read_text())["build_id"] == new
+    assert not list(store.rglob("state.json"))
+    assert not verify_store(store, jobs=1)

@@ -767,8 +767,12 @@ def recover_publish(store: Path, rep: Reporter) -> None:
         if snap != current and not staging.exists():
             os.replace(snap, staging)
             rep.log(f"a build was stopped while publishing {snap.name} into {store}: resuming it")
-        else:
-            _clear_work(snap)
+            continue
+        if snap == current:  # stopped between the two links: build.json names the snapshot too
+            tmp = store / f".{BUILD_JSON}.{snap.name}"
+            os.symlink(f"{SNAPSHOTS}/{snap.name}/{BUILD_JSON}", tmp)
+            os.replace(tmp, store / BUILD_JSON)
+        _clear_work(snap)
 
 
 def collect_snapshots(store: Path, keep_old: float) -> list[str]:
