@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,7 +255,10 @@ def test_damaged_chunk_is_one_line_in_check_and_build(release_copy, tmp_path, da
     assert rel.rsplit("/", 1)[1] in line and "download it again" in line
 
 
-def test_catalog_held_for_writing_elsewhere_is_one_line(tiny_store):
+def test_catalog_held_for_writing_elsewhere_is_one_line(tiny_store, tmp_path):
+    # A private copy: the shared tiny store may still be open read-only in this process (a connection of
+    # an earlier test not yet collected), and DuckDB then refuses the holder its write lock.
+    tiny_store = Path(shutil.copytree(tiny_store, tmp_path / "store", symlinks=True))
     holder = subprocess.Popen(
         [
             sys.executable,
