@@ -26,7 +26,7 @@ with pools as (
     having count(*) >= $min_cells
 ),
 
-stats as (
+stats as materialized (
     select species, gene_index, group_label, donor_label, pseudobulk_cpm, fraction_expressing
     from donor_group_gene_stats
     where species = $species and gene_bucket in $gene_buckets

@@ -24,7 +24,7 @@ with pairs as (
     having count(*) >= $min_cells
 ),
 
-stats as (
+stats as materialized (
     select species, gene_index, group_label, region_of_interest_label, mean_log2_cpm,
         fraction_expressing, pseudobulk_cpm
     from region_group_gene_stats

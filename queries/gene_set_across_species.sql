@@ -14,7 +14,7 @@ with terms as (
     where species in $species and level = $level
 ),
 
-stats as (  -- the measures of term_gene_stats (sql/shared/gene_stats_measures.sql)
+stats as materialized (  -- the measures of term_gene_stats (sql/shared/gene_stats_measures.sql)
     select species, gene_index, term_label, mean_log2_cpm, fraction_expressing
     from term_gene_stats
     where species in $species and level = $level and gene_bucket in $gene_buckets

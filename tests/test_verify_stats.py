@@ -54,6 +54,17 @@ def test_an_edited_sum_breaks_additivity(store_copy, level):
     assert problems and any("is not the sum of its" in p or "do not add up" in p for p in problems)
 
 
+def test_a_gene_index_past_the_species_genes_is_caught(store_copy):
+    # a row the *_gene_stats views' left joins would show with no symbol: verify names it instead
+    path = final_file(files_root(store_copy), "term_gene_sums", "Human", "Class")
+    t = pq.read_table(path)
+    i = t.schema.get_field_index("gene_index")
+    moved = pc.add(t.column("gene_index"), pa.array([0] * (t.num_rows - 1) + [10**6], type=pa.int32()))
+    pq.write_table(t.set_column(i, "gene_index", moved), path)
+    problems = verify_store(store_copy, ["Human"])
+    assert any("gene_index 1000" in p and "is not one of the species'" in p for p in problems), problems
+
+
 def test_region_sums_must_add_up_to_the_group(store_copy):
     path = final_file(files_root(store_copy), "region_group_gene_sums", "Macaque")
     t = pq.read_table(path)

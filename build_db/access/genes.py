@@ -63,19 +63,7 @@ def resolve(
     for s in species:
         find = symbol_finder(con, s)
         found = {t: find(t) for t in tokens}
-        not_symbols = [t for t in tokens if found[t] is None]
-        ids = (
-            {}
-            if not not_symbols
-            else {
-                r[0]: r[1:]
-                for r in con.execute(
-                    "select gene_identifier, gene_index, gene_bucket, gene_symbol from genes "
-                    "where species = ? and gene_identifier in (select unnest(?))",
-                    [s, not_symbols],
-                ).fetchall()
-            }
-        )
+        ids = identifier_table(con, s) if any(found[t] is None for t in tokens) else {}
         for order, t in enumerate(tokens):
             if found[t] is not None:
                 g = found[t]
@@ -201,6 +189,19 @@ def symbol_table(con: duckdb.DuckDBPyConnection, species: str) -> dict[str, Gene
             [species],
         ).fetchall()
         CACHE[key] = {r[0]: GeneMatch(r[0], int(r[1]), int(r[2]), r[3], int(r[4])) for r in rows}
+    return CACHE[key]
+
+
+def identifier_table(con: duckdb.DuckDBPyConnection, species: str) -> dict[str, tuple[int, int, str | None]]:
+    """identifier -> (gene_index, gene_bucket, symbol) of one species, once per build: a token that is not a
+    symbol is looked up here, not by a query each time (a symbol some species lack is one such token)."""
+    key = cache_key(con, "identifiers", species)
+    if key not in CACHE:
+        rows = con.execute(
+            "select gene_identifier, gene_index, gene_bucket, gene_symbol from genes where species = ?",
+            [species],
+        ).fetchall()
+        CACHE[key] = {r[0]: (int(r[1]), int(r[2]), r[3]) for r in rows}
     return CACHE[key]
 
 

@@ -33,6 +33,7 @@ from sqlglot import exp
 
 from ..errors import HmbaError
 from ..release import layout as R
+from . import genes as G
 from .connect import StoreOrConnection, connect
 from .genes import Resolved, resolve
 
@@ -228,9 +229,13 @@ class Rendered:
 
 def built_species(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The species built into a store, in the release's order."""
-    # from the genes table, which the parameters are resolved against anyway (Spark's resolver holds it)
-    have = {r[0] for r in con.execute("select distinct species from genes").fetchall()}
-    return [s for s in R.SPECIES if s in have]
+    # from the genes table, which the parameters are resolved against anyway (Spark's resolver holds it);
+    # once per build (a query each time was a sixth of rendering a dotplot)
+    key = G.cache_key(con, "built_species")
+    if key not in G.CACHE:
+        have = {r[0] for r in con.execute("select distinct species from genes").fetchall()}
+        G.CACHE[key] = [s for s in R.SPECIES if s in have]
+    return list(G.CACHE[key])
 
 
 def _one_species(value: str, built: list[str], pname: str) -> str:

@@ -19,8 +19,8 @@ import pandas as pd
 
 def json_value(v):
     """One value as JSON takes it (None for NaN and infinities)."""
-    if v is None:
-        return None
+    if v is None or type(v) is str:  # most values of a text column: no isinstance chain for them
+        return v
     if isinstance(v, float | np.floating):
         return float(v) if math.isfinite(v) else None
     if isinstance(v, bool | np.bool_):

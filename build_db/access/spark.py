@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import sqlglot
+from sqlglot import exp
 
 from ..errors import HmbaError
 from ..store import schema as S
@@ -195,8 +196,12 @@ def resolver(spark, store) -> duckdb.DuckDBPyConnection:
 
 
 def to_spark_sql(duckdb_sql: str) -> str:
-    """A rendered query (DuckDB SQL, literals in place) as Spark SQL."""
-    return sqlglot.transpile(duckdb_sql, read="duckdb", write="spark", pretty=True)[0]
+    """A rendered query (DuckDB SQL, literals in place) as Spark SQL; a `materialized` CTE (a DuckDB
+    planning hint, queries/README.md) as a plain one, which is all Spark's grammar has."""
+    tree = sqlglot.parse_one(duckdb_sql, read="duckdb")
+    for cte in tree.find_all(exp.CTE):
+        cte.set("materialized", None)
+    return tree.sql(dialect="spark", pretty=True)
 
 
 def execute_spark(spark, rendered) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 The statistics are 40-90% of a store, so they are checked too, three ways per species:
 - additivity: every level's sums equal its children's (every field, every gene), and the region x Group and
   donor x Group sums add up to the Group sums;
-- cell counts: each row's n_cells and sum_total_counts are its group's, from the cells table;
+- cell counts: each row's n_cells and sum_total_counts are its group's, from the cells table (so every
+  row's term is a term of the species), and each row's gene_index is one of the species' genes: the
+  *_gene_stats views rely on both (they left-join genes and terms, sql/term_gene_stats.sql);
 - recomputation: a sample of genes is summed again from the expression files, per cluster, and must equal
   the Cluster rows (this is what catches a file of another species or build put in place of the right one).
 """
@@ -59,7 +61,7 @@ def verify_statistics(store: Path, species: str, meta: dict) -> list[str]:
         con.execute(
             f"create temp view cells as select * from read_parquet({cells}) where species = {_lit(species)}"
         )
-        problems = _additivity(con, files, terms) + _cell_counts(con, files)
+        problems = _additivity(con, files, terms) + _cell_counts(con, files) + _gene_indexes(con, files, meta)
         problems += _recompute(con, store, species, meta, files["Cluster"])
     finally:
         con.close()
@@ -129,6 +131,21 @@ def _cell_counts(con, files: dict) -> list[str]:
                 f"table {bad[3] if bad[3] is None else format(bad[3], ',')}; rebuild the store"
             )
     return problems
+
+
+def _gene_indexes(con, files: dict, meta: dict) -> list[str]:
+    for path in files.values():
+        bad = _first(
+            con,
+            f"select gene_index from read_parquet({_lit(path)}) "
+            f"where gene_index < 0 or gene_index >= {int(meta['genes'])} limit 1",
+        )
+        if bad:
+            return [
+                f"statistics: gene_index {bad[0]} in {path.name} under {path.parent.name} is not one of the "
+                f"species' {meta['genes']:,} genes; rebuild the store"
+            ]
+    return []
 
 
 def _sample(con, cluster_file: Path, meta: dict) -> list[int]:
