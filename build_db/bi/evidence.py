@@ -49,13 +49,12 @@ def source_queries(store: Path, genes: list[str] | None = None) -> dict[str, str
     try:
         species = built_species(con)
         wanted = list(dict.fromkeys(genes or PANEL))
-        have = {
-            g
-            for (g,) in con.execute(
-                "select distinct gene_symbol from genes where gene_symbol in ?", [wanted]
+        pairs = set(  # which species has which of the panel's genes, asked once
+            con.execute(
+                "select distinct species, gene_symbol from genes where gene_symbol in ?", [wanted]
             ).fetchall()
-        }
-        panel = [g for g in wanted if g in have]
+        )
+        panel = [g for g in wanted if any(sym == g for _, sym in pairs)]
         if not panel:
             raise HmbaError(f"{store}: none of the genes {', '.join(wanted)} is in the store; pass --genes")
         queries = {
@@ -75,9 +74,7 @@ def source_queries(store: Path, genes: list[str] | None = None) -> dict[str, str
                 markers.append(
                     f"select {_literal(s)} as species, {_literal(name)} as term_name, *\nfrom ({sql})"
                 )
-            here = "select distinct gene_symbol from genes where species = ? and gene_symbol in ?"
-            genes_here = {g for (g,) in con.execute(here, [s, panel]).fetchall()}
-            for g in [g for g in panel if g in genes_here]:
+            for g in [g for g in panel if (s, g) in pairs]:
                 sql = prepare(con, "gene_by_region", species=s, gene=g).sql
                 by_region.append(
                     f"select {_literal(s)} as species, row_number() over () as row_order, *\nfrom ({sql})"

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from ..defaults import NOTEBOOK_GENES
 from ..errors import HmbaError
+from ..tools.served import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "bi" / "superset" / "superset_config.py"
@@ -265,12 +265,6 @@ def initialise(home: Path, venv: Path = VENV, quiet: bool = False) -> str:
     return secret.read_text().strip()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Superset:
     """A running Superset (gunicorn, two workers) on 127.0.0.1; stopped by `stop()` or on exit."""
 
@@ -412,7 +406,8 @@ def provision(url: str, password: str, store: Path, species: str = "Human", user
     dash = {"dashboard_title": DASHBOARD, "slug": SLUG, "published": True}
     ids["dashboard"] = api.upsert("dashboard", "slug", SLUG, dash)
     ids["charts"] = {}
-    for chart in charts(species):
+    shown = charts(species)
+    for chart in shown:
         ds = ids["datasets"][chart.dataset]
         body = {
             "slice_name": chart.name,
@@ -424,7 +419,7 @@ def provision(url: str, password: str, store: Path, species: str = "Human", user
             "dashboards": [ids["dashboard"]],
         }
         ids["charts"][chart.name] = api.upsert("chart", "slice_name", chart.name, body)
-    layout = _layout([(ids["charts"][c.name], c) for c in charts(species)])
+    layout = _layout([(ids["charts"][c.name], c) for c in shown])
     api.call(
         "PUT",
         f"/api/v1/dashboard/{ids['dashboard']}",

@@ -731,16 +731,22 @@ def _publish(staging: Path, store: Path, build_id: str, keep_old: float) -> None
     _clear_work(staging, keep_state=True)
     os.replace(staging, final)
     for name in (CATALOG, BUILD_JSON):
-        tmp = store / f".{name}.{build_id}"
-        tmp.unlink(missing_ok=True)
-        os.symlink(f"{SNAPSHOTS}/{build_id}/{name}", tmp)
-        os.replace(tmp, store / name)
+        _point(store, name, build_id)
     if previous != store and previous != final and previous.is_dir():
         (previous / RETIRED).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
     (final / "state.json").unlink()
     for name in ("expression", TABLES, "aggregates"):  # a store built before snapshots: now unused
         shutil.rmtree(store / name, ignore_errors=True)
     collect_snapshots(store, keep_old)
+
+
+def _point(store: Path, name: str, build_id: str) -> None:
+    """Swap the store's link `name` (catalog.duckdb, build.json) to that snapshot's file in one step: a new
+    link under a temporary name, renamed over the old one (a reader sees the old build or the new)."""
+    tmp = store / f".{name}.{build_id}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(f"{SNAPSHOTS}/{build_id}/{name}", tmp)
+    os.replace(tmp, store / name)
 
 
 def _clear_work(folder: Path, keep_state: bool = False) -> None:
@@ -769,9 +775,7 @@ def recover_publish(store: Path, rep: Reporter) -> None:
             rep.log(f"a build was stopped while publishing {snap.name} into {store}: resuming it")
             continue
         if snap == current:  # stopped between the two links: build.json names the snapshot too
-            tmp = store / f".{BUILD_JSON}.{snap.name}"
-            os.symlink(f"{SNAPSHOTS}/{snap.name}/{BUILD_JSON}", tmp)
-            os.replace(tmp, store / BUILD_JSON)
+            _point(store, BUILD_JSON, snap.name)
         _clear_work(snap)
 
 
