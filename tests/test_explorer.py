@@ -174,11 +174,26 @@ def test_a_shared_url_gives_the_same_plot(page, browser, server):
 
 
 HOVER_JS = """() => {
-  const gd = document.getElementById('umap');
-  gd.on('plotly_hover', (ev) => { window.hovered = ev.points[0].pointIndex; });
-  const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-  return [box.left + xa.l2p(gd.data[0].x[0]), box.top + ya.l2p(gd.data[0].y[0])];
+  const el = document.getElementById('umap');
+  el.addEventListener('umap-hover', (ev) => { if (ev.detail.index >= 0) window.hovered = ev.detail.index; });
+  return el.pixelOf(0);
+}"""
+
+# Each point's colour as drawn: the canvas pixel at its centre (the WebGL buffer is kept for reading).
+PIXELS_JS = """(n) => {
+  const el = document.getElementById('umap');
+  const canvas = el.querySelector('canvas');
+  const gl = canvas.getContext('webgl');
+  const box = canvas.getBoundingClientRect(), ratio = canvas.width / box.width;
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const [x, y] = el.pixelOf(i);
+    const px = new Uint8Array(4);
+    gl.readPixels(Math.floor((x - box.left) * ratio), Math.floor(canvas.height - (y - box.top) * ratio), 1, 1,
+      gl.RGBA, gl.UNSIGNED_BYTE, px);
+    out.push('#' + Array.from(px.slice(0, 3), (v) => v.toString(16).padStart(2, '0')).join(''));
+  }
+  return out;
 }"""
 
 
@@ -203,6 +218,10 @@ def test_the_umap_draws_the_stated_points(page, con):
     got = downloaded_csv(page)
     sample = umap_points(con, "Human", None, 50)
     assert len(got) == 50
+    # drawn where they are, in their Group's colour (a point another one covers aside)
+    want = [sample["clusters"][int(k)]["group_color"].lower() for k in sample["cluster"]]
+    seen = page.evaluate(PIXELS_JS, 50)
+    assert sum(a == b for a, b in zip(seen, want, strict=True)) >= 45, list(zip(seen, want, strict=True))
     assert got["x"].to_numpy() == pytest.approx(sample["x"].astype(float), abs=6e-4)  # 3 decimals on the wire
 
 

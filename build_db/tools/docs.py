@@ -97,11 +97,10 @@ def main(argv: list[str]) -> int:
 
     def run(args: list[str]) -> str:
         args = [str(store) if a == STORE_SHOWN else a for a in args]
-        return (
-            CliRunner()
-            .invoke(cli, args)
-            .output.replace(str(store.absolute()), str(Path(STORE_SHOWN).absolute()))
-        )
+        r = CliRunner().invoke(cli, args)
+        # as a terminal shows it: the answer, then the lines about it (CliRunner's mixed output may put
+        # the stderr line written last first)
+        return (r.stdout + r.stderr).replace(str(store.absolute()), str(Path(STORE_SHOWN).absolute()))
 
     for page in pages(root):
         rerun(page, run)
@@ -112,7 +111,7 @@ def main(argv: list[str]) -> int:
     server = Server(store, "--log-level", "warning")
     try:
         for page in pages(root):
-            rerun_curl(page, server.url)
+            rerun_curl(page, server.url, root)
         take(server.url, root / "docs" / "img")  # the explorer's views, for docs/explorer.md
     finally:
         server.stop()
@@ -219,11 +218,12 @@ def _shorten(v):
     return v
 
 
-def rerun_curl(page: Path, base_url: str) -> None:
+def rerun_curl(page: Path, base_url: str, root: Path) -> None:
     text = page.read_text()
     lines = text.split("\n")
     for start, stop, command in reversed(curl_commands(text)):
         _, shown = curl(command, base_url)
+        shown = shown.replace(f"{Path(root).absolute()}/", "")  # paths as a reader's checkout has them
         blank = [""] if stop < len(lines) and lines[stop].startswith("$ ") else []
         lines[start + 1 : stop] = ([shown] if shown else []) + blank
     page.write_text("\n".join(lines))

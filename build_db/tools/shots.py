@@ -49,12 +49,12 @@ VIEWS = {
     "umap": (
         {"view": "umap", "genes": MSN, "species": "Human", "color": "Group", "gene": "DRD1"},
         "[data-testid=umap][data-drawn-ms]",
-        960,
+        1080,
     ),
     "umap-gene": (
         {"view": "umap", "genes": MSN, "species": "Human", "color": "gene", "gene": "DRD1"},
         "[data-testid=umap][data-drawn-ms]",
-        960,
+        1080,
     ),
     "sql": (
         {

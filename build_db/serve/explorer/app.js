@@ -245,7 +245,8 @@ class Page {
 
 whenUnauthorized(() => askForToken());
 const page = new Page();
-// The first answers are asked for now, then plotly.js (4.8 MB, ~0.5-1 s to run) runs while they come.
+// The first answers are asked for now, then plotly.js (4.8 MB, ~0.5-1 s to run) runs while they come, for
+// the views drawn with it (the UMAP is not: it starts without waiting for plotly.js to run).
 prefetch("/health");
 if (page.state.view === "dotplot" && page.state.genes.length) {
   prefetch("/query/dotplot", dotplot.request(page.state));
@@ -253,6 +254,6 @@ if (page.state.view === "dotplot" && page.state.genes.length) {
 } else if (page.state.view === "umap" && page.state.species !== "all") {
   prefetch("/umap", umap.request(page.state, page.state.species));
 }
-plotly().catch(() => {});
+if (page.state.view !== "umap" && page.state.view !== "sql") plotly().catch(() => {});
 window.hmbaExplorer = page; // for users' own automation (and the tests)
 page.start();

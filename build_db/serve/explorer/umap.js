@@ -1,8 +1,9 @@
-// The UMAP of a species in WebGL (plotly's scattergl), coloured by a gene's log2(CPM+1) or by the terms of
-// a level in their own colours. All the species' cells up to the chosen number, else the server's fixed
-// sample (the same cells every time, as umap_by_gene gives), and the page says which. Hovering a cell shows
-// its five labels.
-import { api, csvText, esc, fillSelect, LEVELS, plotly, py } from "./common.js";
+// The UMAP of a species in WebGL (scatter.js: one draw call, no plot library), coloured by a gene's
+// log2(CPM+1) on viridis or by the terms of a level in their own colours. All the species' cells up to the
+// chosen number, else the server's fixed sample (the same cells every time, as umap_by_gene gives), and the
+// page says which. Hovering a cell shows its five labels.
+import { api, csvText, esc, fillSelect, LEVELS, py } from "./common.js";
+import { rgb, Scatter, VIRIDIS, viridis } from "./scatter.js";
 
 const $ = (id) => document.getElementById(id);
 const PREFIX = Object.fromEntries(LEVELS.map((l) => [l, l.toLowerCase()]));
@@ -21,9 +22,8 @@ function wire(page) {
   $("um-points").addEventListener("change", (e) => page.set({ points: e.target.value }));
 }
 
-function hover(ev) {
-  const i = ev.points?.[0]?.pointIndex;
-  if (!shown || i === undefined) return;
+function hover(i) {
+  if (!shown || i < 0) return;
   const code = shown.cluster[i];
   const path = code >= 0 ? shown.clusters[code] : null;
   const lines = path
@@ -63,7 +63,7 @@ export async function render(page, ticket) {
   if (key !== lastKey) {
     $("um-note").textContent = "loading…";
     try {
-      [answer] = await Promise.all([api("/umap", params), plotly()]);
+      answer = await api("/umap", params);
     } catch (e) {
       if (page.current(ticket)) { $("um-error").textContent = e.message; $("um-note").textContent = ""; }
       return;
@@ -74,38 +74,60 @@ export async function render(page, ticket) {
   $("um-note").textContent = answer.sampled
     ? `Showing a fixed sample of ${answer.n_points.toLocaleString("en")} of the ${answer.n_cells.toLocaleString("en")} ${species} cells with UMAP coordinates (the same cells every time; choose more points to see more).`
     : `Showing all ${answer.n_points.toLocaleString("en")} ${species} cells with UMAP coordinates.`;
-  await draw(answer, kind === "level" ? what : null);
   shown = answer;
+  draw(answer, kind === "level" ? what : null);
   lastKey = key;
 }
 
-async function draw(u, level) {
+let scatter = null;
+
+// The parts of #umap: a title, the canvas, the colour scale; and its hooks for automation (pixelOf(i): a
+// cell's place on the page; a "umap-hover" event with the cell under the mouse).
+function parts(el) {
+  if (!scatter) {
+    el.innerHTML = '<div class="um-title"></div><div class="um-canvas"></div><div class="um-scale"></div>' +
+      '<div class="um-axes hint">UMAP 1 →, UMAP 2 ↑ · drag to pan, scroll to zoom, double-click to reset</div>';
+    scatter = new Scatter(el.querySelector(".um-canvas"));
+    el.querySelector(".um-canvas").addEventListener("scatter-hover", (e) => {
+      hover(e.detail.index);
+      el.dispatchEvent(new CustomEvent("umap-hover", { detail: e.detail }));
+    });
+    el.pixelOf = (i) => scatter.pixelOf(i);
+  }
+  return { title: el.querySelector(".um-title"), scale: el.querySelector(".um-scale") };
+}
+
+function draw(u, level) {
   const el = $("umap");
+  const { title, scale } = parts(el);
   const n = u.x.length;
-  const marker = { size: n > 100000 ? 2 : n > 20000 ? 3 : 5, opacity: 0.8 };
+  const rgba = new Uint8Array(4 * n);
+  let order;
   if (level) {
-    const colors = u.clusters.map((c) => c[`${PREFIX[level]}_color`] || "#999");
-    marker.color = u.cluster.map((k) => (k >= 0 ? colors[k] : "#ccc"));
+    const colors = u.clusters.map((c) => rgb(c[`${PREFIX[level]}_color`] || "#999999"));
+    const none = rgb("#cccccc");
+    for (let i = 0; i < n; i++) {
+      const c = u.cluster[i] >= 0 ? colors[u.cluster[i]] : none;
+      rgba[4 * i] = c[0]; rgba[4 * i + 1] = c[1]; rgba[4 * i + 2] = c[2]; rgba[4 * i + 3] = 255;
+    }
+    order = Int32Array.from({ length: n }, (_, i) => i);
+    title.textContent = `${u.species}, coloured by ${level}`;
+    scale.replaceChildren();
   } else {
-    marker.color = u.value;
-    marker.colorscale = "Viridis";
-    marker.cmin = 0;
-    marker.showscale = true;
-    marker.colorbar = { title: { text: `${u.gene.gene_symbol}<br>log2(CPM+1)` }, thickness: 12 };
+    let top = 0;
+    for (let i = 0; i < n; i++) if (u.value[i] > top) top = u.value[i];
+    for (let i = 0; i < n; i++) {
+      const c = viridis(top > 0 ? u.value[i] / top : 0);
+      rgba[4 * i] = c[0]; rgba[4 * i + 1] = c[1]; rgba[4 * i + 2] = c[2]; rgba[4 * i + 3] = 255;
+    }
+    // the expressing cells on top, the highest last: a few bright cells are not hidden under dark ones
+    order = Int32Array.from({ length: n }, (_, i) => i).sort((a, b) => u.value[a] - u.value[b] || a - b);
+    title.textContent = `${u.species}, ${u.gene.gene_symbol}`;
+    scale.innerHTML = `<span>0</span><span class="bar" style="background:linear-gradient(to right, ${VIRIDIS.join(", ")})"></span>` +
+      `<span>${top.toFixed(2)}</span><span>${esc(u.gene.gene_symbol)} log2(CPM+1)</span>`;
   }
-  // typed arrays: plotly's WebGL trace takes them as they are (plain arrays are copied and checked first)
-  const x = Float32Array.from(u.x);
-  const y = Float32Array.from(u.y);
-  if (!level) marker.color = Float32Array.from(u.value);
-  await Plotly.react(el, [{ type: "scattergl", mode: "markers", x, y, marker, hoverinfo: "none" }], {
-    height: 620, margin: { l: 40, r: 10, t: 30, b: 40 }, hovermode: "closest", dragmode: "pan",
-    title: { text: level ? `${u.species}, coloured by ${level}` : `${u.species}, ${u.gene.gene_symbol}`, font: { size: 14 } },
-    xaxis: { title: { text: "UMAP 1" }, zeroline: false }, yaxis: { title: { text: "UMAP 2" }, zeroline: false, scaleanchor: "x" },
-  }, { responsive: true, displaylogo: false, scrollZoom: true });
-  if (!el.dataset.wired) {
-    el.dataset.wired = "1";
-    el.on("plotly_hover", hover);
-  }
+  scatter.set(u.x, u.y, rgba, order, n > 100000 ? 2 : n > 20000 ? 3 : 5);
+  scatter.finished();
   Object.assign(el.dataset, { nPoints: n, nCells: u.n_cells, sampled: u.sampled, drawnMs: Math.round(performance.now()) });
 }
 
