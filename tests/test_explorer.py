@@ -93,11 +93,13 @@ def test_type_a_gene_pick_it_and_download_the_plotted_numbers(page, con):
     page.wait_for_selector("[data-testid=dotplot][data-n-genes='1']", state="attached")
     assert int(drawn(page, "dotplot", "n-terms")) == len(expected_terms(con, "all", "Group"))
     assert drawn(page, "dotplot", "n-species") == "3"
-    page.evaluate("() => Plotly.Fx.hover('dotplot', [{curveNumber: 0, pointNumber: 0}])")  # Human's first
-    hover = page.locator("[data-testid=dotplot] .hoverlayer").text_content()
+    page.locator("[data-testid=dotplot] circle.dot[data-species=Human]").first.hover()  # Human's first
+    hover = page.get_by_test_id("dotplot-hover").text_content()
     first = build_db.run_query(con, "dotplot", species="Human", genes="DRD1", level="Group").iloc[0]
     assert first["term_name"] in hover and f"{first['n_cells']:,} cells" in hover, hover
     assert f"{first['mean_log2_cpm']:.3f}" in hover and f"{100 * first['fraction_expressing']:.1f}%" in hover
+    radius = page.locator("[data-testid=dotplot] circle.dot[data-species=Human]").first.get_attribute("r")
+    assert float(radius) == pytest.approx((3 + 17 * first["fraction_expressing"] ** 0.5) / 2, abs=0.01)
     got = downloaded_csv(page)
     assert set(got.columns) >= {"species", "term_name", "gene_symbol", "mean_log2_cpm", "fraction_expressing"}
     for species, rows in got.groupby("species"):
@@ -130,7 +132,7 @@ def test_drill_down_one_level_and_back(page, con):
     drawn(page, "dotplot", "n-terms")
     subclasses = expected_terms(con, "Human", "Subclass")
     dot = subclasses.index("STR D1 MSN") * len(GENES)  # the rows' order: term, then gene
-    page.locator("[data-testid=dotplot] .scatterlayer .point").nth(dot).click(force=True)
+    page.locator("[data-testid=dotplot] circle.dot").nth(dot).click()
     page.wait_for_function("document.querySelector('#dot-level').value === 'Group'")
     want = expected_terms(con, "Human", "Group", within="STR D1 MSN")
     assert 0 < len(want) < len(expected_terms(con, "Human", "Group"))
@@ -202,7 +204,7 @@ def test_the_umap_draws_the_stated_points(page, con):
     open_view(page, view="umap", species="Human", genes=GENES, gene="DRD1")
     assert int(drawn(page, "umap", "n-points")) == full["n_points"]
     assert f"all {full['n_points']:,}" in page.get_by_test_id("umap-note").inner_text()
-    # the mouse over the first cell: the card names the cell plotly says is under it
+    # the mouse over the first cell: the card names the cell the page says is under it
     x, y = page.evaluate(HOVER_JS)
     page.mouse.move(x, y)
     page.wait_for_function("window.hovered !== undefined")

@@ -245,8 +245,9 @@ class Page {
 
 whenUnauthorized(() => askForToken());
 const page = new Page();
-// The first answers are asked for now, then plotly.js (4.8 MB, ~0.5-1 s to run) runs while they come, for
-// the views drawn with it (the UMAP is not: it starts without waiting for plotly.js to run).
+// The first answers are asked for now. plotly.js (4.8 MB, ~0.5-1 s to run) draws only the regions view's
+// heatmap: it is fetched and run when that view opens (the dot plot and the UMAP are drawn by this page's
+// own modules, so a shared link to them draws without it).
 prefetch("/health");
 if (page.state.view === "dotplot" && page.state.genes.length) {
   prefetch("/query/dotplot", dotplot.request(page.state));
@@ -254,6 +255,6 @@ if (page.state.view === "dotplot" && page.state.genes.length) {
 } else if (page.state.view === "umap" && page.state.species !== "all") {
   prefetch("/umap", umap.request(page.state, page.state.species));
 }
-if (page.state.view !== "umap" && page.state.view !== "sql") plotly().catch(() => {});
+if (page.state.view === "regions") plotly().catch(() => {});
 window.hmbaExplorer = page; // for users' own automation (and the tests)
 page.start();

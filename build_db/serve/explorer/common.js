@@ -38,7 +38,7 @@ export function apiUrl(path, params = {}) {
 
 const early = new Map(); // GET answers asked for before the page needed them (prefetch), by URL
 
-// Ask for an answer now (while plotly.js loads); the next api() call for the same URL takes it.
+// Ask for an answer now (while the page's modules load); the next api() call for the same URL takes it.
 export function prefetch(path, params = {}) {
   const url = apiUrl(path, params);
   if (!early.has(url)) early.set(url, fetch(url, { headers: authHeaders() }));
@@ -68,7 +68,7 @@ export async function api(path, params = {}, init = {}) {
 
 let plotlyLoading = null;
 
-// plotly.js (preloaded by the page; run when first needed, after the data were asked for)
+// plotly.js, for the regions view: fetched and run when first needed (after the data were asked for)
 export function plotly() {
   if (!plotlyLoading) {
     plotlyLoading = new Promise((resolve, reject) => {

@@ -2,17 +2,26 @@
 // their names), colour = mean log2(CPM+1) (scaled per gene, or as it is), size = fraction of cells
 // expressing; several species side by side, one panel each on a shared term axis. A click on a term shows
 // its children at the next level (the `within` parameter of the dotplot analysis); the breadcrumb goes back.
-import { api, apiUrl, esc, fillSelect, LEVELS, plotly, terms } from "./common.js";
+// Drawn as SVG by this module (a few thousand dots at most): the page's first picture needs no plot library,
+// which cost a fresh browser ~1 s to fetch and run.
+import { api, apiUrl, esc, fillSelect, LEVELS, terms } from "./common.js";
+import { VIRIDIS, viridis } from "./scatter.js";
 import { table } from "./table.js";
 
 const $ = (id) => document.getElementById(id);
 let wired = false;
 let lastKey = null;
-let shown = []; // the plotted level's terms, for a click on a dot
+
+let redraw = null; // the drawn plot again, at the container's new width
+let drawnWidth = 0;
 
 function wire(page) {
   if (wired) return;
   wired = true;
+  new ResizeObserver(() => {
+    const w = $("dotplot").clientWidth;
+    if (redraw && w && Math.abs(w - drawnWidth) > 40) redraw();
+  }).observe($("dotplot"));
   $("dot-species").addEventListener("change", (e) => page.set({ species: e.target.value }, { push: true }));
   $("dot-level").addEventListener("change", (e) => page.set({ level: e.target.value, within: "all" }, { push: true }));
   $("dot-scale").addEventListener("change", (e) => page.set({ scale: e.target.value }));
@@ -58,7 +67,7 @@ async function crumbs(page) {
     : `<button type="button" class="link" data-level="${LEVELS[LEVELS.indexOf(t.level) + 1]}" data-within="${esc(t.term_label)}">${esc(t.term_name)}</button>`)].join(" › ");
 }
 
-// the dotplot analysis' parameters for a state (the page asks for them early, before plotly.js has run)
+// the dotplot analysis' parameters for a state (the page asks for them early, before its modules have run)
 export function request(s) {
   return { species: s.species, genes: s.genes.join(","), level: s.level, min_cells: s.min_cells, within: s.within };
 }
@@ -75,13 +84,13 @@ export async function render(page, ticket) {
   const params = request({ ...s, species });
   page.setCopies(page.namedCopies("dotplot", params, ""));
   page.setDownload({ url: apiUrl("/query/dotplot", { ...params, format: "csv" }), filename: `dotplot-${s.level}.csv` });
-  crumbs(page).catch((e) => { $("dot-error").textContent = e.message; });
+  // the breadcrumb is in place when the plot is (a test, or a user, reading both sees one state)
+  const crumbed = crumbs(page).catch((e) => { $("dot-error").textContent = e.message; });
   if (!s.genes.length) {
     $("dot-error").textContent = "";
-    if (window.Plotly) Plotly.purge(plot);
     plot.innerHTML = `<p class="empty">Add genes above to draw the dot plot.</p>`;
+    redraw = null;
     Object.assign(plot.dataset, { nTerms: 0, nGenes: 0, request: "" });
-    delete plot.dataset.wired;
     lastKey = null;
     page.setDownload({});
     return;
@@ -90,7 +99,7 @@ export async function render(page, ticket) {
   let answer;
   let termList;
   try {
-    [answer, termList] = await Promise.all([api("/query/dotplot", params), terms(s.level), plotly()]);
+    [answer, termList] = await Promise.all([api("/query/dotplot", params), terms(s.level), crumbed]);
   } catch (e) {
     if (page.current(ticket)) $("dot-error").textContent = e.message;
     return;
@@ -100,9 +109,23 @@ export async function render(page, ticket) {
   page.setCopies(page.namedCopies("dotplot", params, answer.sql));
   if (key === lastKey && plot.dataset.request === key) return;
   draw(page, plot, answer, termList, s);
+  redraw = () => draw(page, plot, answer, termList, s);
   lastKey = key;
   plot.dataset.request = key;
 }
+
+const ROW = 22; // pixels per term
+const FONT = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+let measurer = null;
+
+function textWidth(t) {
+  measurer = measurer || document.createElement("canvas").getContext("2d");
+  measurer.font = FONT;
+  return measurer.measureText(t).width;
+}
+
+const fmt = (x, d) => Number(x).toFixed(d);
+const rgbText = (c) => `rgb(${c.map(Math.round).join(",")})`;
 
 function draw(page, plot, answer, termList, s) {
   const c = Object.fromEntries(answer.columns.map((name, i) => [name, i]));
@@ -115,66 +138,80 @@ function draw(page, plot, answer, termList, s) {
   const value = (r) => (scaled ? r[c.scaled_mean] : r[c.mean_log2_cpm]);
   const cmax = scaled ? 1 : Math.max(1e-9, ...rows.map((r) => r[c.mean_log2_cpm]));
   const n = Math.max(1, species.length);
-  const gap = 0.02;
-  const layout = {
-    margin: { l: 10, r: 10, t: 40, b: 80 },
-    height: Math.max(320, 22 * termNames.length + 150),
-    showlegend: false,
-    hovermode: "closest",
-    yaxis: {
-      type: "category", autorange: "reversed", automargin: true, categoryorder: "array",
-      categoryarray: termNames, tickmode: "array", tickvals: termNames,
-      ticktext: termNames.map((t) => `<span style="color:${byName.get(t)?.color || "#888"}">■</span> ${t}`),
-    },
-    annotations: [],
-    plot_bgcolor: "#fff",
-  };
-  const traces = species.map((sp, i) => {
-    const axis = i === 0 ? "" : String(i + 1);
-    layout[`xaxis${axis}`] = {
-      domain: [i / n + (i ? gap : 0), (i + 1) / n - (i < n - 1 ? gap : 0)], type: "category",
-      categoryorder: "array", categoryarray: genes, tickangle: -45, automargin: true,
-    };
-    layout.annotations.push({
-      text: `<b>${sp}</b>`, xref: `x${axis} domain`, yref: "paper", x: 0.5, y: 1, yanchor: "bottom",
-      showarrow: false,
-    });
-    const mine = rows.filter((r) => r[c.species] === sp);
-    return {
-      type: "scatter", mode: "markers", xaxis: `x${axis}`, yaxis: "y", name: sp,
-      x: mine.map((r) => r[c.gene_symbol]),
-      y: mine.map((r) => r[c.term_name]),
-      customdata: mine.map((r) => [sp, r[c.n_cells], r[c.mean_log2_cpm], r[c.fraction_expressing], r[c.scaled_mean]]),
-      hovertemplate:
-        "<b>%{y}</b> (%{customdata[0]}, %{customdata[1]:,} cells)<br>%{x}: mean log2(CPM+1) " +
-        "%{customdata[2]:.3f} (scaled %{customdata[4]:.2f})<br>fraction expressing %{customdata[3]:.1%}<extra></extra>",
-      marker: {
-        size: mine.map((r) => 3 + 17 * Math.sqrt(r[c.fraction_expressing])),
-        color: mine.map(value), colorscale: "Viridis", cmin: 0, cmax,
-        line: { width: 0.5, color: "#444" },
-        showscale: i === n - 1,
-        colorbar: { title: { text: scaled ? "mean,<br>scaled" : "mean<br>log2(CPM+1)" }, thickness: 12, len: 0.5 },
-      },
-    };
+  // geometry: term labels | a panel per species (a column per gene) | the colour scale
+  const labelW = 24 + Math.max(40, ...termNames.map(textWidth));
+  const geneH = 14 + 0.72 * Math.max(20, ...genes.map(textWidth)); // gene names at -45 degrees
+  const scaleW = 110;
+  const width = Math.max(480, plot.clientWidth || 900);
+  drawnWidth = plot.clientWidth;
+  const col = Math.max(22, Math.min(44, (width - labelW - scaleW - 24 * n) / (n * Math.max(1, genes.length))));
+  const panelW = col * Math.max(1, genes.length);
+  const top = 30;
+  const height = top + ROW * termNames.length + geneH + 30;
+  const row = new Map(termNames.map((t, i) => [t, i]));
+  const gx = new Map(genes.map((g, i) => [g, i]));
+  const svg = [];
+  svg.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + n * (panelW + 24) + scaleW}" height="${height}" ` +
+    `font-family="${FONT.slice(5)}" font-size="12" role="img" aria-label="Dot plot of ${esc(genes.join(", "))} by ${esc(s.level)}">`);
+  termNames.forEach((t, i) => {
+    const y = top + i * ROW + ROW / 2;
+    const term = byName.get(t);
+    svg.push(`<g class="term" data-term="${esc(term?.term_label || "")}"><rect x="2" y="${y - 5}" width="10" height="10" rx="2" fill="${esc(term?.color || "#888")}"/>` +
+      `<text x="18" y="${y + 4}">${esc(t)}</text></g>`);
+    svg.push(`<line x1="${labelW}" x2="${labelW + n * (panelW + 24) - 24}" y1="${y}" y2="${y}" stroke="#eef0f4"/>`);
   });
-  layout.annotations.push({
-    text: "dot area: fraction of the term's cells expressing the gene", xref: "paper", yref: "paper",
-    x: 0, y: 0, yshift: -75, showarrow: false, xanchor: "left", font: { size: 11, color: "#555" },
-  });
-  plot.querySelector("p.empty")?.remove();
-  shown = termList;
-  Plotly.react(plot, traces, layout, { responsive: true, displaylogo: false }).then(() => {
-    Object.assign(plot.dataset, {
-      nTerms: termNames.length, nGenes: genes.length, nSpecies: species.length,
-      drawnMs: Math.round(performance.now()), // since the page opened: what the benchmark reads
+  species.forEach((sp, k) => {
+    const x0 = labelW + k * (panelW + 24);
+    svg.push(`<text x="${x0 + panelW / 2}" y="${top - 12}" text-anchor="middle" font-weight="600">${esc(sp)}</text>`);
+    svg.push(`<rect x="${x0}" y="${top}" width="${panelW}" height="${ROW * termNames.length}" fill="none" stroke="#d8dde6"/>`);
+    genes.forEach((g, j) => {
+      const x = x0 + j * col + col / 2, y = top + ROW * termNames.length + 10;
+      svg.push(`<text x="${x}" y="${y}" text-anchor="end" transform="rotate(-45 ${x} ${y})">${esc(g)}</text>`);
     });
-    if (!plot.dataset.wired) {
-      plot.dataset.wired = "1";
-      plot.on("plotly_click", (ev) => {
-        const t = shown.find((x) => x.term_name === ev.points?.[0]?.y);
-        if (t) drill(page, t.term_label);
-      });
-    }
+  });
+  const at = new Map(species.map((sp, k) => [sp, labelW + k * (panelW + 24)]));
+  rows.forEach((r, i) => {
+    if (!at.has(r[c.species])) return;
+    const x = at.get(r[c.species]) + gx.get(r[c.gene_symbol]) * col + col / 2;
+    const y = top + row.get(r[c.term_name]) * ROW + ROW / 2;
+    const radius = (3 + 17 * Math.sqrt(r[c.fraction_expressing])) / 2; // the area follows the fraction
+    svg.push(`<circle class="dot" data-i="${i}" data-species="${esc(r[c.species])}" data-gene="${esc(r[c.gene_symbol])}" ` +
+      `cx="${fmt(x, 1)}" cy="${fmt(y, 1)}" r="${fmt(radius, 2)}" fill="${rgbText(viridis(value(r) / cmax))}" stroke="#444" stroke-width="0.5"/>`);
+  });
+  const sx = labelW + n * (panelW + 24) + 10, sh = Math.min(160, Math.max(80, ROW * termNames.length / 2));
+  // the highest value at the top
+  const stops = [...VIRIDIS].reverse().map((v, i) => `<stop offset="${i / (VIRIDIS.length - 1)}" stop-color="${v}"/>`).join("");
+  svg.push(`<defs><linearGradient id="dot-viridis" x1="0" x2="0" y1="0" y2="1">${stops}</linearGradient></defs>`);
+  svg.push(`<text x="${sx}" y="${top + 4}" font-size="11">${scaled ? "mean, scaled" : "mean log2(CPM+1)"}</text>`);
+  svg.push(`<rect x="${sx}" y="${top + 12}" width="12" height="${sh}" fill="url(#dot-viridis)"/>`);
+  svg.push(`<text x="${sx + 16}" y="${top + 20}" font-size="11">${fmt(cmax, scaled ? 0 : 2)}</text>`);
+  svg.push(`<text x="${sx + 16}" y="${top + 12 + sh}" font-size="11">0</text>`);
+  svg.push(`<text x="2" y="${height - 6}" font-size="11" fill="#555">dot area: fraction of the term's cells expressing the gene</text>`);
+  svg.push("</svg>");
+  plot.innerHTML = `<div class="dot-svg">${svg.join("")}</div><div class="dot-tip" data-testid="dotplot-hover" hidden></div>`;
+  const tip = plot.querySelector(".dot-tip");
+  const svgEl = plot.querySelector("svg");
+  svgEl.addEventListener("mouseover", (e) => {
+    const dot = e.target.closest("circle.dot");
+    if (!dot) return;
+    const r = rows[+dot.dataset.i];
+    tip.innerHTML = `<b>${esc(r[c.term_name])}</b> (${esc(r[c.species])}, ${Number(r[c.n_cells]).toLocaleString("en")} cells)<br>` +
+      `${esc(r[c.gene_symbol])}: mean log2(CPM+1) ${fmt(r[c.mean_log2_cpm], 3)} (scaled ${fmt(r[c.scaled_mean], 2)})<br>` +
+      `fraction expressing ${fmt(100 * r[c.fraction_expressing], 1)}%`;
+    const box = plot.getBoundingClientRect(), d = dot.getBoundingClientRect();
+    tip.style.left = `${d.right - box.left + 8}px`;
+    tip.style.top = `${d.top - box.top - 4}px`;
+    tip.hidden = false;
+  });
+  svgEl.addEventListener("mouseleave", () => { tip.hidden = true; });
+  svgEl.addEventListener("click", (e) => {
+    const dot = e.target.closest("circle.dot");
+    const label = dot ? byName.get(rows[+dot.dataset.i][c.term_name])?.term_label : e.target.closest("g.term")?.dataset.term;
+    if (label) drill(page, label);
+  });
+  Object.assign(plot.dataset, {
+    nTerms: termNames.length, nGenes: genes.length, nSpecies: species.length,
+    drawnMs: Math.round(performance.now()), // since the page opened: what the benchmark reads
   });
   const canDrill = s.level !== LEVELS[LEVELS.length - 1];
   table($("dot-table"), answer.columns, rows, {
