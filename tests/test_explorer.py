@@ -213,6 +213,29 @@ def test_the_umap_draws_the_stated_points(page, con):
     path = full["clusters"][int(full["cluster"][i])]
     assert all(f"{lv}: {path[lv.lower()]}" in card for lv in R.LEVELS), card
     assert f"DRD1: log2(CPM+1) {full['value'][i]:.3f}" in card
+    # drag pans by as much as the mouse moved; the wheel zooms around the mouse (the cell under it stays)
+    box = page.locator("[data-testid=umap] canvas").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 50, cy + 30, steps=5)
+    page.mouse.up()
+    x2, y2 = page.evaluate("document.getElementById('umap').pixelOf(0)")
+    assert (x2 - x, y2 - y) == (pytest.approx(50, abs=0.5), pytest.approx(30, abs=0.5))
+    page.mouse.move(x2, y2)
+    page.mouse.wheel(0, -400)
+    page.wait_for_timeout(100)
+    assert page.evaluate("document.getElementById('umap').pixelOf(0)") == [
+        pytest.approx(x2, abs=0.5),
+        pytest.approx(y2, abs=0.5),
+    ]
+    far = page.evaluate("document.getElementById('umap').pixelOf(1)")
+    page.dblclick("[data-testid=umap] canvas")  # back to the whole UMAP
+    assert page.evaluate("document.getElementById('umap').pixelOf(0)") == [
+        pytest.approx(x, abs=0.5),
+        pytest.approx(y, abs=0.5),
+    ]
+    assert far != page.evaluate("document.getElementById('umap').pixelOf(1)")
     open_view(page, view="umap", species="Human", genes=GENES, color="Group", points="50")
     assert drawn(page, "umap", "n-points") == "50"
     assert drawn(page, "umap", "sampled") == "true"

@@ -142,8 +142,8 @@ def _gene_indexes(con, files: dict, meta: dict) -> list[str]:
         )
         if bad:
             return [
-                f"statistics: gene_index {bad[0]} in {path.name} under {path.parent.name} is not one of the "
-                f"species' {meta['genes']:,} genes; rebuild the store"
+                f"statistics: gene_index {bad[0]} in {'/'.join(path.parts[-4:])} is not one of the species' "
+                f"{meta['genes']:,} genes; rebuild the store"
             ]
     return []
 

@@ -212,6 +212,7 @@ export class Scatter {
     const local = (e) => { const r = c.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; };
     c.addEventListener("pointerdown", (e) => { drag = local(e); c.setPointerCapture(e.pointerId); });
     c.addEventListener("pointerup", () => { drag = null; });
+    c.addEventListener("pointercancel", () => { drag = null; });
     c.addEventListener("pointermove", (e) => {
       const [px, py] = local(e);
       if (drag) {

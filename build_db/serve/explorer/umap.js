@@ -75,7 +75,12 @@ export async function render(page, ticket) {
     ? `Showing a fixed sample of ${answer.n_points.toLocaleString("en")} of the ${answer.n_cells.toLocaleString("en")} ${species} cells with UMAP coordinates (the same cells every time; choose more points to see more).`
     : `Showing all ${answer.n_points.toLocaleString("en")} ${species} cells with UMAP coordinates.`;
   shown = answer;
-  draw(answer, kind === "level" ? what : null);
+  try {
+    draw(answer, kind === "level" ? what : null);
+  } catch (e) { // no WebGL in this browser: say so where the plot would be
+    $("um-error").textContent = e.message;
+    return;
+  }
   lastKey = key;
 }
 
