@@ -278,6 +278,17 @@ def test_one_gene_across_regions_and_donors(page, con):
     n_regions = int((want["dimension"] == "region").sum())
     assert drawn(page, "regions-plot", "n-bars") == str(n_regions)
     assert drawn(page, "donors-plot", "n-bars") == str(len(want) - n_regions)
+    # each bar as tall as its mean (to the pixel, on the plot's own axis), its hover text the row's numbers
+    regions = want[want["dimension"] == "region"].reset_index(drop=True)
+    bars = page.locator("[data-testid=regions-plot] rect.bar")
+    heights = [float(bars.nth(i).get_attribute("height")) for i in range(n_regions)]
+    top = int(regions["mean_log2_cpm"].idxmax())
+    assert max(heights) == heights[top] > 0
+    for h, m in zip(heights, regions["mean_log2_cpm"], strict=True):
+        assert h == pytest.approx(heights[top] * m / regions["mean_log2_cpm"].max(), abs=0.02)
+    bars.nth(top).hover()
+    card = page.get_by_test_id("regions-plot-hover").inner_text()
+    assert regions["name"][top] in card and f"{regions['mean_log2_cpm'][top]:.3f}" in card, card
     got = downloaded_csv(page)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
 

@@ -4,11 +4,12 @@
 
 Each time is the page's own clock (`performance.now()` when the plot's drawn hook is set, which the page
 records as `data-drawn-ms`): the first dot plot of 10 genes x Group x every species after opening a shared
-URL in a fresh browser context (nothing cached: plotly.js and every answer fetched, the median of 3); a gene
-added -> the dot plot redrawn (the median of 5, new genes each time); the UMAP of 200,000 cells of the
-largest species (or all its cells when fewer) with a gene, opened from a URL (the median of 3); and each
-page opened once more in the same browser (its HTTP and code caches warm, as for a returning visitor).
-Chromium here draws WebGL in software (SwiftShader: no GPU), which is most of the UMAP's time.
+URL in a fresh browser context (nothing cached: the page's modules and every answer fetched, the median
+of 3); a gene added -> the dot plot redrawn (the median of 5, new genes each time); the UMAP of 200,000
+cells of the largest species (or all its cells when fewer) with a gene, opened from a URL (the median of 3);
+and each page opened once more in the same browser (its HTTP and code caches warm, as for a returning
+visitor).
+Chromium here draws WebGL in software (SwiftShader: no GPU).
 """
 
 from __future__ import annotations

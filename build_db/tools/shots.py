@@ -77,7 +77,7 @@ def take(base_url: str, out: Path, width: int = 1300) -> list[Path]:
             page = context.new_page()
             page.goto(f"{base_url}/?{urllib.parse.urlencode(state)}")
             page.wait_for_selector(ready, state="attached", timeout=60_000)
-            page.wait_for_timeout(300)  # plotly's transitions
+            page.wait_for_timeout(300)  # fonts and layout settle
             path = out / f"explorer-{name}.png"
             page.screenshot(path=str(path))
             written.append(path)

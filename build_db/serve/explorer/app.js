@@ -2,7 +2,7 @@
 // toolbar every view shares (download the plotted data, copy the same question as Python, SQL or a command,
 // copy the link). Each view is a module with render(page, ticket); views read page.state and change it with
 // page.set(...).
-import { api, apiUrl, authHeaders, esc, hasToken, plotly, prefetch, py, setToken, shellQuote, terms, whenUnauthorized } from "./common.js";
+import { api, apiUrl, authHeaders, esc, hasToken, prefetch, py, setToken, shellQuote, terms, whenUnauthorized } from "./common.js";
 import { GeneSearch } from "./search.js";
 import * as dotplot from "./dotplot.js";
 import * as regions from "./regions.js";
@@ -245,9 +245,8 @@ class Page {
 
 whenUnauthorized(() => askForToken());
 const page = new Page();
-// The first answers are asked for now. plotly.js (4.8 MB, ~0.5-1 s to run) draws only the regions view's
-// heatmap: it is fetched and run when that view opens (the dot plot and the UMAP are drawn by this page's
-// own modules, so a shared link to them draws without it).
+// The first answers are asked for now, while the page's modules load (the plots are drawn by the page's own
+// modules: no plot library to fetch and start first).
 prefetch("/health");
 if (page.state.view === "dotplot" && page.state.genes.length) {
   prefetch("/query/dotplot", dotplot.request(page.state));
@@ -255,6 +254,5 @@ if (page.state.view === "dotplot" && page.state.genes.length) {
 } else if (page.state.view === "umap" && page.state.species !== "all") {
   prefetch("/umap", umap.request(page.state, page.state.species));
 }
-if (page.state.view === "regions") plotly().catch(() => {});
 window.hmbaExplorer = page; // for users' own automation (and the tests)
 page.start();

@@ -66,22 +66,6 @@ export async function api(path, params = {}, init = {}) {
   return body;
 }
 
-let plotlyLoading = null;
-
-// plotly.js, for the regions view: fetched and run when first needed (after the data were asked for)
-export function plotly() {
-  if (!plotlyLoading) {
-    plotlyLoading = new Promise((resolve, reject) => {
-      if (window.Plotly) { resolve(window.Plotly); return; }
-      const script = Object.assign(document.createElement("script"), { src: "/explorer/vendor/plotly.min.js" });
-      script.onload = () => resolve(window.Plotly);
-      script.onerror = () => reject(new Error("plotly.js did not load; reload the page"));
-      document.head.append(script);
-    });
-  }
-  return plotlyLoading;
-}
-
 // --- shared pieces: term lists, the toolbar -----------------------------------------------------------------
 
 const termCache = new Map();

@@ -6,6 +6,7 @@
 // which cost a fresh browser ~1 s to fetch and run.
 import { api, apiUrl, esc, fillSelect, LEVELS, terms } from "./common.js";
 import { VIRIDIS, viridis } from "./scatter.js";
+import { FAMILY, fmt, hoverCard, textWidth } from "./svg.js";
 import { table } from "./table.js";
 
 const $ = (id) => document.getElementById(id);
@@ -115,16 +116,6 @@ export async function render(page, ticket) {
 }
 
 const ROW = 22; // pixels per term
-const FONT = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
-let measurer = null;
-
-function textWidth(t) {
-  measurer = measurer || document.createElement("canvas").getContext("2d");
-  measurer.font = FONT;
-  return measurer.measureText(t).width;
-}
-
-const fmt = (x, d) => Number(x).toFixed(d);
 const rgbText = (c) => `rgb(${c.map(Math.round).join(",")})`;
 
 function draw(page, plot, answer, termList, s) {
@@ -152,7 +143,7 @@ function draw(page, plot, answer, termList, s) {
   const gx = new Map(genes.map((g, i) => [g, i]));
   const svg = [];
   svg.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + n * (panelW + 24) + scaleW}" height="${height}" ` +
-    `font-family="${FONT.slice(5)}" font-size="12" role="img" aria-label="Dot plot of ${esc(genes.join(", "))} by ${esc(s.level)}">`);
+    `font-family="${FAMILY}" font-size="12" role="img" aria-label="Dot plot of ${esc(genes.join(", "))} by ${esc(s.level)}">`);
   termNames.forEach((t, i) => {
     const y = top + i * ROW + ROW / 2;
     const term = byName.get(t);
@@ -188,22 +179,18 @@ function draw(page, plot, answer, termList, s) {
   svg.push(`<text x="${sx + 16}" y="${top + 12 + sh}" font-size="11">0</text>`);
   svg.push(`<text x="2" y="${height - 6}" font-size="11" fill="#555">dot area: fraction of the term's cells expressing the gene</text>`);
   svg.push("</svg>");
-  plot.innerHTML = `<div class="dot-svg">${svg.join("")}</div><div class="dot-tip" data-testid="dotplot-hover" hidden></div>`;
-  const tip = plot.querySelector(".dot-tip");
+  plot.innerHTML = `<div class="plot-svg">${svg.join("")}</div>`;
+  const tip = hoverCard(plot, "dotplot-hover");
   const svgEl = plot.querySelector("svg");
   svgEl.addEventListener("mouseover", (e) => {
     const dot = e.target.closest("circle.dot");
     if (!dot) return;
     const r = rows[+dot.dataset.i];
-    tip.innerHTML = `<b>${esc(r[c.term_name])}</b> (${esc(r[c.species])}, ${Number(r[c.n_cells]).toLocaleString("en")} cells)<br>` +
+    tip.show(dot, `<b>${esc(r[c.term_name])}</b> (${esc(r[c.species])}, ${Number(r[c.n_cells]).toLocaleString("en")} cells)<br>` +
       `${esc(r[c.gene_symbol])}: mean log2(CPM+1) ${fmt(r[c.mean_log2_cpm], 3)} (scaled ${fmt(r[c.scaled_mean], 2)})<br>` +
-      `fraction expressing ${fmt(100 * r[c.fraction_expressing], 1)}%`;
-    const box = plot.getBoundingClientRect(), d = dot.getBoundingClientRect();
-    tip.style.left = `${d.right - box.left + 8}px`;
-    tip.style.top = `${d.top - box.top - 4}px`;
-    tip.hidden = false;
+      `fraction expressing ${fmt(100 * r[c.fraction_expressing], 1)}%`);
   });
-  svgEl.addEventListener("mouseleave", () => { tip.hidden = true; });
+  svgEl.addEventListener("mouseleave", () => tip.hide());
   svgEl.addEventListener("click", (e) => {
     const dot = e.target.closest("circle.dot");
     const label = dot ? byName.get(rows[+dot.dataset.i][c.term_name])?.term_label : e.target.closest("g.term")?.dataset.term;

@@ -1,7 +1,9 @@
 // One gene in one term, across dissected regions and donors (the gene_in_term analysis: the region x Group
 // and donor x Group statistics of the term's Groups, or the gene's rows for a Cluster): two bar charts of
-// mean log2(CPM+1) (the fraction expressing and the pseudobulk in their hover text), and the table.
-import { apiUrl, fillSelect, LEVELS, plotly, terms } from "./common.js";
+// mean log2(CPM+1) (the fraction expressing and the pseudobulk in their hover text; SVG drawn here), and the
+// table.
+import { apiUrl, esc, fillSelect, LEVELS, terms } from "./common.js";
+import { FAMILY, fmt, hoverCard, textWidth, ticks } from "./svg.js";
 import { table } from "./table.js";
 
 const $ = (id) => document.getElementById(id);
@@ -30,21 +32,47 @@ export async function pickTerm(page, levelSelect, termSelect) {
   return { species, level, term: list.find((t) => t.term_label === label) };
 }
 
+const BAR = "#3b528b"; // one colour (viridis' blue): the fraction expressing is in the hover text and the table
+
+// A bar chart (SVG) of mean log2(CPM+1) by region or donor, the rest of each row in its hover text.
 function bars(el, rows, c, title) {
-  const text = rows.map((r) => `${r[c.name]}<br>${r[c.n_cells].toLocaleString("en")} cells<br>mean ` +
-    `${r[c.mean_log2_cpm].toFixed(3)}, ${(100 * r[c.fraction_expressing]).toFixed(1)}% expressing<br>` +
-    `pseudobulk ${r[c.pseudobulk_cpm].toFixed(1)} CPM`);
-  return Plotly.react(el, [{
-    type: "bar", x: rows.map((r) => r[c.label]), y: rows.map((r) => r[c.mean_log2_cpm]),
-    hovertext: text, hoverinfo: "text",
-    // one colour (viridis' blue): the fraction expressing is in the hover text and the table (a colour
-    // scale on bars made plotly warn in the console for every bar)
-    marker: { color: "#3b528b" },
-  }], {
-    title: { text: title, font: { size: 14 } }, height: 340, margin: { l: 50, r: 10, t: 40, b: 90 },
-    yaxis: { title: { text: "mean log2(CPM+1)" }, rangemode: "tozero" },
-    xaxis: { type: "category", tickangle: -45, automargin: true },
-  }, { responsive: true, displaylogo: false });
+  const labels = rows.map((r) => String(r[c.label]));
+  const width = Math.max(320, el.clientWidth || 600);
+  const left = 58, top = 30, plotH = 220;
+  const bottom = 16 + 0.72 * Math.max(20, ...labels.map(textWidth));
+  const band = Math.max(6, Math.min(60, (width - left - 10) / Math.max(1, rows.length)));
+  const [end, marks] = ticks(Math.max(0, ...rows.map((r) => r[c.mean_log2_cpm])));
+  const y = (v) => top + plotH - (plotH * v) / end;
+  const svg = [`<svg xmlns="http://www.w3.org/2000/svg" width="${left + band * rows.length + 10}" height="${top + plotH + bottom}" ` +
+    `font-family="${FAMILY}" font-size="12" role="img" aria-label="${esc(title)}">`];
+  svg.push(`<text x="${left}" y="16" font-weight="600" font-size="13">${esc(title)}</text>`);
+  for (const m of marks) {
+    svg.push(`<line x1="${left}" x2="${left + band * rows.length}" y1="${y(m)}" y2="${y(m)}" stroke="#eef0f4"/>`);
+    svg.push(`<text x="${left - 6}" y="${y(m) + 4}" text-anchor="end" font-size="11">${+m.toFixed(3)}</text>`);
+  }
+  svg.push(`<text transform="translate(14 ${top + plotH / 2}) rotate(-90)" text-anchor="middle" font-size="11">mean log2(CPM+1)</text>`);
+  rows.forEach((r, i) => {
+    const x = left + i * band, v = r[c.mean_log2_cpm];
+    svg.push(`<rect class="bar" data-i="${i}" x="${fmt(x + band * 0.1, 1)}" y="${fmt(y(v), 2)}" width="${fmt(band * 0.8, 1)}" ` +
+      `height="${fmt(y(0) - y(v), 2)}" fill="${BAR}"/>`);
+    const lx = x + band / 2, ly = top + plotH + 12;
+    svg.push(`<text x="${lx}" y="${ly}" text-anchor="end" transform="rotate(-45 ${lx} ${ly})">${esc(labels[i])}</text>`);
+  });
+  svg.push(`<line x1="${left}" x2="${left + band * rows.length}" y1="${y(0)}" y2="${y(0)}" stroke="#888"/>`);
+  svg.push("</svg>");
+  el.innerHTML = `<div class="plot-svg">${svg.join("")}</div>`;
+  const tip = hoverCard(el, `${el.id}-hover`);
+  const svgEl = el.querySelector("svg");
+  svgEl.addEventListener("mouseover", (e) => {
+    const bar = e.target.closest("rect.bar");
+    if (!bar) return;
+    const r = rows[+bar.dataset.i];
+    tip.show(bar, `<b>${esc(r[c.name])}</b><br>${Number(r[c.n_cells]).toLocaleString("en")} cells<br>mean ` +
+      `${fmt(r[c.mean_log2_cpm], 3)}, ${fmt(100 * r[c.fraction_expressing], 1)}% expressing<br>` +
+      `pseudobulk ${fmt(r[c.pseudobulk_cpm], 1)} CPM`);
+  });
+  svgEl.addEventListener("mouseleave", () => tip.hide());
+  el.dataset.nBars = rows.length;
 }
 
 export async function render(page, ticket) {
@@ -76,12 +104,7 @@ export async function render(page, ticket) {
   const byRegion = answer.rows.filter((r) => r[c.dimension] === "region");
   const byDonor = answer.rows.filter((r) => r[c.dimension] === "donor");
   const name = `${answer.rows[0]?.[c.gene_symbol] || gene} in ${picked.term.term_name} (${picked.species})`;
-  await plotly();
-  await Promise.all([
-    bars($("regions-plot"), byRegion, c, `${name}: by dissected region`),
-    bars($("donors-plot"), byDonor, c, `by donor`),
-  ]);
-  $("regions-plot").dataset.nBars = byRegion.length;
-  $("donors-plot").dataset.nBars = byDonor.length;
+  bars($("regions-plot"), byRegion, c, `${name}: by dissected region`);
+  bars($("donors-plot"), byDonor, c, "by donor");
   table($("reg-table"), answer.columns, answer.rows);
 }
