@@ -54,7 +54,8 @@ def source_queries(store: Path, genes: list[str] | None = None) -> dict[str, str
                 "select distinct species, gene_symbol from genes where gene_symbol in ?", [wanted]
             ).fetchall()
         )
-        panel = [g for g in wanted if any(sym == g for _, sym in pairs)]
+        have = {sym for _, sym in pairs}
+        panel = [g for g in wanted if g in have]
         if not panel:
             raise HmbaError(f"{store}: none of the genes {', '.join(wanted)} is in the store; pass --genes")
         queries = {

@@ -5,7 +5,7 @@
 // Drawn as SVG by this module (a few thousand dots at most): the page's first picture needs no plot library,
 // which cost a fresh browser ~1 s to fetch and run.
 import { api, apiUrl, esc, fillSelect, LEVELS, terms } from "./common.js";
-import { VIRIDIS, viridis } from "./scatter.js";
+import { VIRIDIS, viridis } from "./colours.js";
 import { FAMILY, fmt, hoverCard, textWidth } from "./svg.js";
 import { table } from "./table.js";
 
@@ -137,22 +137,23 @@ function draw(page, plot, answer, termList, s) {
   drawnWidth = plot.clientWidth;
   const col = Math.max(22, Math.min(44, (width - labelW - scaleW - 24 * n) / (n * Math.max(1, genes.length))));
   const panelW = col * Math.max(1, genes.length);
+  const panelX = (k) => labelW + k * (panelW + 24); // where species k's panel starts
   const top = 30;
   const height = top + ROW * termNames.length + geneH + 30;
   const row = new Map(termNames.map((t, i) => [t, i]));
   const gx = new Map(genes.map((g, i) => [g, i]));
   const svg = [];
-  svg.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + n * (panelW + 24) + scaleW}" height="${height}" ` +
+  svg.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${panelX(n) + scaleW}" height="${height}" ` +
     `font-family="${FAMILY}" font-size="12" role="img" aria-label="Dot plot of ${esc(genes.join(", "))} by ${esc(s.level)}">`);
   termNames.forEach((t, i) => {
     const y = top + i * ROW + ROW / 2;
     const term = byName.get(t);
     svg.push(`<g class="term" data-term="${esc(term?.term_label || "")}"><rect x="2" y="${y - 5}" width="10" height="10" rx="2" fill="${esc(term?.color || "#888")}"/>` +
       `<text x="18" y="${y + 4}">${esc(t)}</text></g>`);
-    svg.push(`<line x1="${labelW}" x2="${labelW + n * (panelW + 24) - 24}" y1="${y}" y2="${y}" stroke="#eef0f4"/>`);
+    svg.push(`<line x1="${labelW}" x2="${panelX(n) - 24}" y1="${y}" y2="${y}" stroke="#eef0f4"/>`);
   });
   species.forEach((sp, k) => {
-    const x0 = labelW + k * (panelW + 24);
+    const x0 = panelX(k);
     svg.push(`<text x="${x0 + panelW / 2}" y="${top - 12}" text-anchor="middle" font-weight="600">${esc(sp)}</text>`);
     svg.push(`<rect x="${x0}" y="${top}" width="${panelW}" height="${ROW * termNames.length}" fill="none" stroke="#d8dde6"/>`);
     genes.forEach((g, j) => {
@@ -160,7 +161,7 @@ function draw(page, plot, answer, termList, s) {
       svg.push(`<text x="${x}" y="${y}" text-anchor="end" transform="rotate(-45 ${x} ${y})">${esc(g)}</text>`);
     });
   });
-  const at = new Map(species.map((sp, k) => [sp, labelW + k * (panelW + 24)]));
+  const at = new Map(species.map((sp, k) => [sp, panelX(k)]));
   rows.forEach((r, i) => {
     if (!at.has(r[c.species])) return;
     const x = at.get(r[c.species]) + gx.get(r[c.gene_symbol]) * col + col / 2;
@@ -169,7 +170,7 @@ function draw(page, plot, answer, termList, s) {
     svg.push(`<circle class="dot" data-i="${i}" data-species="${esc(r[c.species])}" data-gene="${esc(r[c.gene_symbol])}" ` +
       `cx="${fmt(x, 1)}" cy="${fmt(y, 1)}" r="${fmt(radius, 2)}" fill="${rgbText(viridis(value(r) / cmax))}" stroke="#444" stroke-width="0.5"/>`);
   });
-  const sx = labelW + n * (panelW + 24) + 10, sh = Math.min(160, Math.max(80, ROW * termNames.length / 2));
+  const sx = panelX(n) + 10, sh = Math.min(160, Math.max(80, ROW * termNames.length / 2));
   // the highest value at the top
   const stops = [...VIRIDIS].reverse().map((v, i) => `<stop offset="${i / (VIRIDIS.length - 1)}" stop-color="${v}"/>`).join("");
   svg.push(`<defs><linearGradient id="dot-viridis" x1="0" x2="0" y1="0" y2="1">${stops}</linearGradient></defs>`);

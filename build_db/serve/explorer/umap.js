@@ -3,7 +3,8 @@
 // chosen number, else the server's fixed sample (the same cells every time, as umap_by_gene gives), and the
 // page says which. Hovering a cell shows its five labels.
 import { api, csvText, esc, fillSelect, LEVELS, py } from "./common.js";
-import { rgb, Scatter, VIRIDIS, viridis } from "./scatter.js";
+import { rgb, VIRIDIS, viridis } from "./colours.js";
+import { Scatter } from "./scatter.js";
 
 const $ = (id) => document.getElementById(id);
 const PREFIX = Object.fromEntries(LEVELS.map((l) => [l, l.toLowerCase()]));
