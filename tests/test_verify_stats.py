@@ -73,6 +73,16 @@ def test_region_sums_must_add_up_to_the_group(store_copy):
     assert "the region x Group sums (by region_of_interest_label) do not add up to the Group's" in problem
 
 
+def test_a_truncated_statistics_file_is_a_finding(store_copy):
+    path = final_file(files_root(store_copy), "term_gene_sums", "Human", "Class")
+    path.write_bytes(path.read_bytes()[:5000])
+    (problem,) = verify_store(store_copy, ["Human"])
+    assert problem.startswith("Human: statistics: a file cannot be read") and "level=Class" in problem
+    assert problem.endswith("rebuild the store")
+    r = CliRunner().invoke(main, ["verify", str(store_copy), "--species", "Human"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+
+
 def test_a_missing_statistics_file_is_one_line(store_copy):
     final_file(files_root(store_copy), "donor_group_gene_sums", "Human").unlink()
     (problem,) = verify_store(store_copy, ["Human"])

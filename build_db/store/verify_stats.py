@@ -63,6 +63,8 @@ def verify_statistics(store: Path, species: str, meta: dict) -> list[str]:
         )
         problems = _additivity(con, files, terms) + _cell_counts(con, files) + _gene_indexes(con, files, meta)
         problems += _recompute(con, store, species, meta, files["Cluster"])
+    except duckdb.Error as e:  # a damaged file: a finding, as verify reports a damaged expression file
+        problems = [f"statistics: a file cannot be read ({' '.join(str(e).split())}); rebuild the store"]
     finally:
         con.close()
     return problems
