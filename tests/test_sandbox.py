@@ -57,6 +57,20 @@ def test_a_statement_that_ignores_the_interrupt_is_killed_at_the_deadline(tiny_s
     assert _children() == before
 
 
+def test_a_statement_that_finishes_past_the_deadline_is_a_timeout(tiny_store, monkeypatch):
+    """DuckDB looks at an interrupt only between vectors: a statement can finish after the deadline, before
+    the kill (CI saw 2.9 s under a 1 s limit answer with 200). Late is late: the answer is refused."""
+    from build_db.access import sandbox
+
+    monkeypatch.setattr(sandbox, "GRACE", 120.0)  # no kill: only the child's own watchdog can refuse it
+    with Sandbox(tiny_store, workers=1) as box:
+        t0 = time.monotonic()
+        with pytest.raises(UnsafeQuery, match=r"longer than the 0.5 s time limit"):
+            box.run(SLOW_LISTS, timeout=0.5)
+        assert time.monotonic() - t0 < 120
+        assert box.run("select 3 as z").frame.z.tolist() == [3]  # the same child answers the next one
+
+
 def test_a_killed_child_is_replaced_and_the_next_statement_answers(tiny_store, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the children's spill folders go
     with Sandbox(tiny_store, workers=1) as sandbox:
