@@ -29,8 +29,7 @@ with pools as (
 stats as materialized (
     select species, gene_index, group_label, donor_label, pseudobulk_cpm, fraction_expressing
     from donor_group_gene_stats
-    where species = $species and gene_bucket in $gene_buckets
-        and gene_index in $gene_indexes
+    where species = $species and gene_index in $gene_indexes
 ),
 
 final as (

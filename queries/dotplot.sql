@@ -24,8 +24,7 @@ with terms as (
 stats as materialized (  -- the measures of term_gene_stats (sql/shared/gene_stats_measures.sql)
     select species, gene_index, term_label, mean_log2_cpm, fraction_expressing
     from term_gene_stats
-    where species in $species and level = $level and gene_bucket in $gene_buckets
-        and gene_index in $gene_indexes
+    where species in $species and level = $level and gene_index in $gene_indexes
 ),
 
 joined as (

@@ -28,8 +28,7 @@ stats as materialized (
     select species, gene_index, group_label, region_of_interest_label, mean_log2_cpm,
         fraction_expressing, pseudobulk_cpm
     from region_group_gene_stats
-    where species = $species and gene_bucket in $gene_buckets
-        and gene_index in $gene_indexes
+    where species = $species and gene_index in $gene_indexes
 ),
 
 final as (

@@ -52,13 +52,13 @@ places as (
 group_sums as (  -- Neighborhood to Group: the statistics of the term's Groups
     select 'region' as dimension, region_of_interest_label as label, sum_log2_cpm, n_expressing, sum_raw
     from region_group_gene_sums
-    where species = $species and $level <> 'Cluster' and gene_bucket in $gene_buckets
-        and gene_index in $gene_indexes and group_label in (select group_label from members)
+    where species = $species and $level <> 'Cluster' and gene_index in $gene_indexes
+        and group_label in (select group_label from members)
     union all
     select 'donor', donor_label, sum_log2_cpm, n_expressing, sum_raw
     from donor_group_gene_sums
-    where species = $species and $level <> 'Cluster' and gene_bucket in $gene_buckets
-        and gene_index in $gene_indexes and group_label in (select group_label from members)
+    where species = $species and $level <> 'Cluster' and gene_index in $gene_indexes
+        and group_label in (select group_label from members)
 ),
 
 cluster_rows as (  -- a Cluster: the gene's own rows
