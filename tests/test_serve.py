@@ -210,6 +210,14 @@ def test_sql_runs_in_the_sandbox(server, con):
     assert status == 200
 
 
+def test_values_past_64_bits_and_tiny_floats_come_back_exact(server):
+    """The server's JSON (orjson) takes no integer past 64 bits: such an answer is written the plain way."""
+    sql = "select 170141183460469231731687303715884105727::hugeint as big, 1.5e-05::double as tiny"
+    status, h, body = server.post(f"{API}/sql", {"sql": sql})
+    assert status == 200, body
+    assert json.loads(body)["rows"] == [[170141183460469231731687303715884105727, 1.5e-05]]
+
+
 def test_anndata_download_equals_to_anndata(server, con, tmp_path):
     cells = "group_name = 'Astrocyte'"
     status, h, body = server.get(f"{API}/export/anndata?species=Marmoset&genes=PLP1,AQP4&cells={cells}")

@@ -218,7 +218,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         redoc_url=None,
     )
     app.state.stores = stores
-    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
+    # Level 1: a 200,000-point UMAP (4.4 MiB of JSON) in 35 ms as 1.47 MiB, against 125 ms and 1.23 MiB at
+    # level 5 (full Human); a dot plot's 61 KiB in 0.4 ms, against 1.4 ms, 6% larger.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
 
     def species_of(snap) -> list[str]:
         if not hasattr(snap, "species"):
@@ -339,7 +341,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     def json_body(payload: dict, snap) -> tuple[bytes, str]:
         payload = {**payload, "build_id": snap.build_id}
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode(), "application/json"
+        return out.json_bytes(payload), "application/json"
 
     def frame_body(df, fmt: str, snap, extra: dict) -> tuple[bytes, str]:
         if fmt == "csv":
@@ -708,13 +710,13 @@ def _umap_body(u: dict, fmt: str, build_id: str) -> tuple[bytes, str]:
         return sink.getvalue().to_pybytes(), "application/vnd.apache.arrow.stream"
     # Coordinates to 1/1000 of a UMAP unit and log2(CPM+1) to 3 decimals: a few bytes a number.
     columns = {
-        "x": np.round(u["x"].astype(np.float64), 3).tolist(),
-        "y": np.round(u["y"].astype(np.float64), 3).tolist(),
-        "cluster": u["cluster"].tolist(),
+        "x": np.round(u["x"].astype(np.float64), 3),
+        "y": np.round(u["y"].astype(np.float64), 3),
+        "cluster": np.ascontiguousarray(u["cluster"]),
     }
     if "value" in u:
-        columns["value"] = np.round(u["value"].astype(np.float64), 3).tolist()
-    return json.dumps({**meta, **columns}, separators=(",", ":")).encode(), "application/json"
+        columns["value"] = np.round(u["value"].astype(np.float64), 3)
+    return out.json_bytes({**meta, **columns}), "application/json"
 
 
 def app_from_env() -> FastAPI:
