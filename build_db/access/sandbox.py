@@ -15,8 +15,9 @@ Two independent layers, so one's miss is caught by the other, and a child proces
 3. The statement runs in a child process (`sandbox_child.py`) whose address space is capped and which is
    killed past the time limit: DuckDB's memory limit does not bound every allocation (a list-building
    `sum(len(range(300000000)))` reached 11.6 GB under a 2 GB limit) and its interrupt is cooperative (the
-   same statement ran past 40 s under a 5 s limit). `Sandbox` keeps warm children for a server; `run_safe`
-   uses one for one statement.
+   same statement ran past 40 s under a 5 s limit); a statement that ends after its deadline but before
+   the kill is refused as late all the same. `Sandbox` keeps warm children for a server; `run_safe` uses
+   one for one statement.
 """
 
 from __future__ import annotations
