@@ -139,12 +139,13 @@ bi-evidence: $(STAMP) $(EVIDENCE_STAMP) ## Evidence pages (dot plot, markers, ce
 	@test -e $(BI_STORE)/catalog.duckdb || $(MAKE) demo
 	$(BIN)/python -m build_db.bi.evidence up $(BI_STORE) $(if $(GENES),--genes $(GENES))
 
-bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) $(WRK_STAMP) $(CHROMIUM_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, the server and its page, then the slow tests
+bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(JAVA_STAMP) $(WRK_STAMP) $(CHROMIUM_STAMP) ## synth, build and query benchmarks at --scale 0.01 and 0.1, the server, its page and the server under abuse, then the slow tests
 	$(BIN)/python -m build_db.tools.bench --out $(DATA)/bench
 	$(BIN)/python -m build_db.tools.bench_remote $(DATA)/bench/store-0.01 --spark
 	$(BIN)/python -m build_db.tools.bench_serve $(DATA)/bench/store-0.1 --release $(DATA)/bench/release-0.1 \
 		--json $(DATA)/bench/serve-0.1.json
 	$(BIN)/python -m build_db.tools.bench_explorer $(DATA)/bench/store-0.1 --json $(DATA)/bench/explorer-0.1.json
+	$(BIN)/python -m build_db.tools.bench_abuse $(DATA)/bench/store-0.1 --json $(DATA)/bench/abuse-0.1.json
 	$(BIN)/pytest -q -m slow
 
 # SPECIES given on the command line wins; otherwise Macaque (Human needs ~25 GB of release: check df -h).

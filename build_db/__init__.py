@@ -18,6 +18,7 @@ _PUBLIC = {
     "HmbaError": ".errors",
     "Problem": ".release.check",
     "ReleaseError": ".errors",
+    "StoreError": ".errors",
     "build": ".store.build",
     "check_release": ".release.check",
     "connect": ".access.connect",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .access.queries import run_query as run_query
     from .errors import HmbaError as HmbaError
     from .errors import ReleaseError as ReleaseError
+    from .errors import StoreError as StoreError
     from .release.check import CheckReport as CheckReport
     from .release.check import Problem as Problem
     from .release.check import check_release as check_release

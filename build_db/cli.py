@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-import json
+import math
 import os
 import re
 import shlex
@@ -74,6 +74,17 @@ def _genes(value: str) -> int | None:
     if n < 100:
         raise click.BadParameter("give at least 100 genes (the marker genes must fit), or 'all'")
     return n
+
+
+class Finite(click.FloatRange):
+    """A float option that must be a finite number: `--timeout nan` compares false with every bound, so a
+    plain float (or FloatRange) takes it and the limit silently switches off; inf is no limit either."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class _StoreOrUrl(click.ParamType):
@@ -162,7 +173,7 @@ def main() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option(
     "--scale",
-    type=float,
+    type=Finite(min=0, min_open=True),
     default=0.001,
     show_default=True,
     help="Fraction of the real cell counts (1 = 1,683,105 Human, 839,102 Macaque, 414,575 Marmoset).",
@@ -384,7 +395,7 @@ def check(release, species, what, md5, version):
 )
 @click.option(
     "--keep-old",
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     default=D.KEEP_OLD_HOURS,
     show_default=True,
     help="Hours a replaced build's snapshot stays for readers that opened it before the rebuild.",
@@ -444,7 +455,7 @@ def verify(store, species):
         hmba-db verify data/store
     """
     from .progress import plural
-    from .store.paths import files_root
+    from .store.paths import files_root, read_build_record
     from .store.verify import verify_store
 
     problems = verify_store(store, list(_species(species) or ()))
@@ -453,7 +464,7 @@ def verify(store, species):
     if problems:
         click.echo(f"{len(problems)} problem(s) in {store}", err=True)
         sys.exit(1)
-    info = json.loads((Path(store) / "build.json").read_text())
+    info = read_build_record(files_root(store))
     for sp, meta in info["species"].items():
         if species and sp not in (_species(species) or ()):
             continue
@@ -494,7 +505,7 @@ def _emit(df, fmt: str) -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=Finite(min=0, min_open=True),
     default=D.SQL_TIMEOUT,
     show_default=True,
     help="With --safe: seconds before stopping.",
@@ -700,11 +711,17 @@ def queries(name):
 
 
 def _params(values: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for v in values:
         key, sep, value = v.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{v!r}: write NAME=VALUE, e.g. genes=DRD1,DRD2", param_hint="--param")
+        if key.strip() in out:  # the later one silently won before: genes=DRD1 then genes=DRD2 asked DRD2
+            raise click.BadParameter(
+                f"{key.strip()} is given twice; give it once (lists are comma-separated, e.g. "
+                f"{key.strip()}={out[key.strip()]},{value.strip()})",
+                param_hint="--param",
+            )
         out[key.strip()] = value.strip()
     return out
 
@@ -920,18 +937,37 @@ def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, 
     "--host", default=D.SERVE_HOST, show_default=True, help="Address to listen on (0.0.0.0: every one)."
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=D.SERVE_PORT, show_default=True, help="Port.")
-@click.option("--token", default=None, help="Require `Authorization: Bearer TOKEN` on every /api request.")
+@click.option(
+    "--token",
+    default=None,
+    help="Require `Authorization: Bearer TOKEN` on every /api request (every local user sees it in `ps`: "
+    "prefer --token-file or HMBA_TOKEN).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read the token from this file (its first line), e.g. /etc/hmba/token (mode 600).",
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    metavar="NAMES",
+    help="Host names requests may carry, comma-separated (* for any): the name a reverse proxy or a "
+    "browser uses. Default: the listening address's own (127.0.0.1, localhost, ::1 for a local one); any "
+    "for 0.0.0.0.",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Server processes.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=Finite(min=0.1),
     default=D.SERVE_TIMEOUT,
     show_default=True,
     help="Seconds a request may run before a 504.",
 )
 @click.option(
     "--max-export-mb",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=D.SERVE_MAX_EXPORT_MB,
     show_default=True,
     help="Largest AnnData download (estimated before it is made); larger selections get a 413.",
@@ -957,7 +993,18 @@ def export_mapmycells(store, out, species, cells, min_cells, markers_per_child, 
     help="Server log detail (debug logs every request).",
 )
 def serve(
-    store, host, port, token, workers, timeout, max_export_mb, sql_memory_limit, sql_workers, log_level
+    store,
+    host,
+    port,
+    token,
+    token_file,
+    allowed_hosts,
+    workers,
+    timeout,
+    max_export_mb,
+    sql_memory_limit,
+    sql_workers,
+    log_level,
 ):
     """Serve STORE over HTTP: a JSON API (/api/v1, described at /openapi.json and /api/docs) and the
     explorer page at /.
@@ -971,12 +1018,14 @@ def serve(
         hmba-db serve data/demo-store --port 8000
     """
     from .serve.app import ServeConfig
+    from .serve.run import hosts_for, token_from
     from .serve.run import serve as run
 
     run(
         ServeConfig(
             store=str(store),
-            token=token,
+            token=token_from(token, token_file, os.environ.get("HMBA_TOKEN")),
+            allowed_hosts=hosts_for(host, allowed_hosts),
             timeout=timeout,
             max_export_mb=max_export_mb,
             sandbox_workers=sql_workers,

@@ -17,3 +17,8 @@ class HmbaError(Exception):
 
 class ReleaseError(HmbaError):
     """A release directory (real or synthetic) is missing a file or does not match docs/release.md."""
+
+
+class StoreError(HmbaError):
+    """The store cannot answer: a file it lists is missing, of another size, damaged or unreadable. Never
+    the user's question: a server answers it with a 503, and the fix is `hmba-db verify`, then a rebuild."""

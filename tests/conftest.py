@@ -14,6 +14,15 @@ from build_db.release.manifest import entry_for, md5_file, write_manifest
 from build_db.release.synth import synth
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_verified_cache(tmp_path_factory):
+    """What readers found intact (store/integrity.py) is remembered in a folder of the test session's, not
+    the user's ~/.cache; servers and CLIs the tests start inherit it."""
+    import os
+
+    os.environ["HMBA_DB_CACHE"] = str(tmp_path_factory.mktemp("hmba-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory) -> Path:
     """~1,500 cells x 400 genes per species: every file of the real release, built in about a second.

@@ -143,3 +143,11 @@ def test_json_has_no_infinity(tiny_store):
 
     assert json.loads(r.stdout, parse_constant=refuse) == [{"x": None, "y": 1.5}]
     assert "column x: 1 infinite value(s) written as null" in r.stderr
+
+
+def test_a_parameter_given_twice_is_refused(tiny_store):
+    """`--param genes=DRD1 --param genes=DRD2` once asked for DRD2 alone, without a word."""
+    r = CliRunner().invoke(
+        main, ["query", str(tiny_store), "dotplot", "-p", "genes=DRD1", "-p", "genes=DRD2"]
+    )
+    assert r.exit_code == 2 and "genes is given twice" in r.output and "genes=DRD1,DRD2" in r.output, r.output

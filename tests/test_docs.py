@@ -4,6 +4,7 @@ writes each one's output from a run on the demo store)."""
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,11 @@ def _serve_runs(page, command, run):
         pytest.skip("a published store: tests/test_remote.py::test_serve_a_published_store serves one")
     run = ["a-token" if "$(" in a else a for a in run]
     token = run[run.index("--token") + 1] if "--token" in run else None
+    if "--token-file" in run:  # the example's file (/etc/hmba/token) stands for one holding a token
+        i = run.index("--token-file")
+        held = Path(tempfile.mkdtemp()) / "token"
+        held.write_text("a-token\n")
+        run[i + 1], token = str(held), "a-token"
     if "--port" in run:  # the example's port may be taken here: the test's own free port instead
         i = run.index("--port")
         del run[i : i + 2]

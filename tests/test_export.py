@@ -158,3 +158,16 @@ def test_export_anndata_command(tiny_store, tmp_path, con):
     r = CliRunner().invoke(main, [*args[:3], str(tmp_path / "x.csv"), *args[4:]])
     assert r.exit_code == 1 and "name the file .h5ad" in r.output
     assert [p.name for p in tmp_path.iterdir()] == ["astro.h5ad"]  # no temporary file left
+
+
+def test_one_gene_given_as_a_string_is_one_gene(tiny_store, con):
+    """`to_anndata(store, "Marmoset", "GAD1")` once asked for the genes G, A, D and 1."""
+    a = to_anndata(tiny_store, "Marmoset", "PLP1", "group_name = 'Astrocyte'")
+    b = to_anndata(tiny_store, "Marmoset", ["PLP1"], "group_name = 'Astrocyte'")
+    assert a.shape == b.shape and a.shape[1] == 1 and (a.X != b.X).nnz == 0
+    assert list(a.var.gene_symbol) == ["PLP1"]
+    from build_db.access.genes import search_genes
+    from build_db.access.taxonomy import list_terms
+
+    assert {h.species for h in search_genes(con, "plp1", "Marmoset")} == {"Marmoset"}
+    assert list_terms(con, "Class", "Human") == list_terms(con, "Class", ["Human"])

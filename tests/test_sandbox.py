@@ -117,3 +117,24 @@ def test_bad_limits_are_one_line(tiny_store):
         Sandbox(tiny_store, memory_limit="lots")
     with pytest.raises(UnsafeQuery, match="time limit above 0"):
         run_safe(tiny_store, "select 1", timeout=0)
+
+
+@pytest.mark.parametrize(
+    "sql", ["select 1 as n; /* note */", "select count(*) as n from cells; -- comment", "select 1 as n;;"]
+)
+def test_a_trailing_comment_is_not_a_second_statement(tiny_store, sql):
+    """Editors and BI tools leave a comment after the semicolon: still one statement."""
+    assert len(run_safe(tiny_store, sql).frame) == 1
+    r = CliRunner().invoke(main, ["sql", str(tiny_store), sql])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
+    "sql, kind", [("LOAD httpfs", "LOAD"), ("install httpfs", "INSTALL"), ("pragma version", "PRAGMA")]
+)
+def test_a_command_is_refused_in_one_line_naming_it(tiny_store, sql, kind):
+    r = CliRunner().invoke(main, ["sql", str(tiny_store), "--safe", sql])
+    assert (
+        r.exit_code == 1
+        and r.output == f"Error: only SELECT queries are allowed (WITH and UNION too), not {kind}\n"
+    )

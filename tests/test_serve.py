@@ -394,48 +394,12 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 
 def _asgi_get(app, path: str, *, disconnect_after: float | None = None):
-    """One GET through the ASGI app; with `disconnect_after`, the client goes away after that many seconds
-    (as a closed browser tab does). Returns (status, body) or (None, b"") when it went away first."""
+    """One GET through the ASGI app (tests/asgi.py): (status, body), or (None, b"") if it went away first."""
     import asyncio
 
-    async def go():
-        sent: list = []
-        requested = False
-        start = time.monotonic()
+    from .asgi import call
 
-        async def receive():  # as uvicorn's: a disconnect is there at once when it happened
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            if disconnect_after is not None and time.monotonic() - start > disconnect_after:
-                return {"type": "http.disconnect"}
-            await asyncio.sleep(3600)
-
-        async def send(message):
-            sent.append(message)
-
-        p, _, q = path.partition("?")
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": p,
-            "raw_path": p.encode(),
-            "query_string": q.encode(),
-            "headers": [],
-            "http_version": "1.1",
-            "scheme": "http",
-            "server": ("test", 80),
-            "client": ("t", 1),
-            "root_path": "",
-            "asgi": {"version": "3.0"},
-        }
-        await app(scope, receive, send)
-        start = next((m for m in sent if m["type"] == "http.response.start"), None)
-        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return (start["status"] if start else None), body
-
-    return asyncio.run(go())
+    return asyncio.run(call(app, "GET", path, disconnect_after=disconnect_after))
 
 
 @pytest.fixture

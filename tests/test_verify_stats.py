@@ -35,7 +35,10 @@ def test_another_species_statistics_file_is_caught(store_copy):
         final_file(files_root(store_copy), "term_gene_sums", "Macaque", "Cluster"),
         final_file(files_root(store_copy), "term_gene_sums", "Marmoset", "Cluster"),
     )
-    problems = verify_store(store_copy, ["Marmoset"])
+    found = verify_store(store_copy, ["Marmoset"])
+    swapped = str(final_file(files_root(store_copy), "term_gene_sums", "Marmoset", "Cluster"))
+    assert found[0].startswith(f"{swapped}: ") and "the build wrote" in found[0]  # not the build's file
+    problems = found[1:]
     assert problems and all(p.startswith("Marmoset: statistics: ") for p in problems)
     assert any("is not the sum of its Cluster terms" in p for p in problems)
     assert any("differs from the same sums taken from the expression files" in p for p in problems)
@@ -69,14 +72,17 @@ def test_region_sums_must_add_up_to_the_group(store_copy):
     path = final_file(files_root(store_copy), "region_group_gene_sums", "Macaque")
     t = pq.read_table(path)
     pq.write_table(t.slice(1), path)  # one region x Group x gene row lost
-    (problem,) = verify_store(store_copy, ["Macaque"])
+    changed, problem = verify_store(store_copy, ["Macaque"])
+    assert changed.startswith(f"{path}: ")
     assert "the region x Group sums (by region_of_interest_label) do not add up to the Group's" in problem
 
 
 def test_a_truncated_statistics_file_is_a_finding(store_copy):
     path = final_file(files_root(store_copy), "term_gene_sums", "Human", "Class")
+    size = path.stat().st_size
     path.write_bytes(path.read_bytes()[:5000])
-    (problem,) = verify_store(store_copy, ["Human"])
+    shorter, problem = verify_store(store_copy, ["Human"])
+    assert shorter == f"{path}: 5,000 bytes, the build wrote {size:,}"
     assert problem.startswith("Human: statistics: a file cannot be read") and "level=Class" in problem
     assert problem.endswith("rebuild the store")
     r = CliRunner().invoke(main, ["verify", str(store_copy), "--species", "Human"])
@@ -84,6 +90,8 @@ def test_a_truncated_statistics_file_is_a_finding(store_copy):
 
 
 def test_a_missing_statistics_file_is_one_line(store_copy):
-    final_file(files_root(store_copy), "donor_group_gene_sums", "Human").unlink()
-    (problem,) = verify_store(store_copy, ["Human"])
+    path = final_file(files_root(store_copy), "donor_group_gene_sums", "Human")
+    path.unlink()
+    missing, problem = verify_store(store_copy, ["Human"])
+    assert missing == f"{path}: missing"
     assert problem.startswith("Human: statistics file aggregates/donor_group_gene_sums/species=Human/")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import duckdb
 
-from ..errors import HmbaError
+from ..errors import HmbaError, StoreError
+from ..store import integrity
 from ..store.catalog import CATALOG, recorded_path, sql_literal, view_sql, views_of
 from ..store.paths import bucket_file, files_root, is_url
 
@@ -40,6 +41,7 @@ def connect(
     threads: int | None = None,
     private: bool = False,
     setup: tuple[str, ...] = (),
+    check_files: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """Open the store's catalog: a DuckDB connection with every table and view registered.
 
@@ -48,6 +50,10 @@ def connect(
     to fix the file itself). `private=True` opens the catalog in a database instance of its own (DuckDB
     otherwise shares one instance per file within a process), so settings made on it, such as the
     sandbox's, touch no other connection.
+
+    Before it answers, every file the build wrote is checked: present, of its size, and (once per user and
+    file, store/integrity.py) of its bytes; a damaged store raises StoreError naming the file.
+    `check_files=False` skips that (a caller that has just checked the same snapshot).
 
     A URL (`https://...`, `s3://...`) opens a store published for it (`hmba-db publish`), read-only, over
     DuckDB's httpfs extension; `setup` statements run first (e.g. `CREATE SECRET` for a private bucket).
@@ -85,8 +91,10 @@ def connect(
     except duckdb.IOException as e:
         detail = " ".join(str(e).split())
         if "lock" not in detail.lower():
-            raise HmbaError(
-                f"{path}: cannot open the catalog ({detail}); rebuild the store", path=path
+            raise StoreError(
+                f"{path}: cannot open the catalog ({detail}); run hmba-db verify on the store, then "
+                "rebuild it",
+                path=path,
             ) from e
         holder = re.search(r"held in (.+?) \(PID (\d+)\)", detail)
         who = f" (pid {holder.group(2)}, {holder.group(1)})" if holder else ""
@@ -96,14 +104,22 @@ def connect(
             path=path,
         ) from e
     root = files_root(store)  # the current snapshot: where this build's files are
+    files = integrity.listed(con)
+    if files is not None and check_files:
+        try:
+            integrity.check(root, files)  # a missing, resized or changed file: an error, not an answer
+        except StoreError:
+            con.close()
+            raise
     con.execute("set variable hmba_store = ?", [str(root)])  # analyses read the files directly
     # Parquet footers parsed once per file and process, not per query (a snapshot's files never change):
     # most of a warm one-gene query's time otherwise, with one footer per bucket and statistics file.
     con.execute("set parquet_metadata_cache = true")
     recorded = recorded_path(con)
     if recorded is None or Path(recorded) != root:
+        names = None if files is None else [f for f, _, _ in files]
         for name in views_of(con):
-            temp = view_sql(name, root).replace(
+            temp = view_sql(name, root, names).replace(
                 f"create or replace view {name}", f"create or replace temp view {name}", 1
             )
             con.execute(temp)
@@ -112,6 +128,19 @@ def connect(
 
 # What the public functions take: a store's folder, a published store's URL, or an open connection.
 StoreOrConnection = str | os.PathLike | duckdb.DuckDBPyConnection
+
+
+def as_list(value, key: str) -> list[str] | None:
+    """A list parameter (genes, species, cell labels) as a list: one given as a plain string is one item,
+    not its letters (`to_anndata(store, "Marmoset", "GAD1")` asked for G, A, D and 1); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    try:
+        return [str(v) for v in value]
+    except TypeError:
+        raise HmbaError(f"{key}: give a list of names, or one name as a string", key=key) from None
 
 
 def first_rows(reader, max_rows: int):

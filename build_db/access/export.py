@@ -19,10 +19,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from ..errors import HmbaError
+from ..errors import HmbaError, StoreError
 from ..release import layout as R
 from ..store.catalog import views_of
-from .connect import StoreOrConnection, bucket_files, connect, store_of
+from .connect import StoreOrConnection, as_list, bucket_files, connect, store_of
 from .genes import resolve
 from .sandbox import check_condition
 
@@ -185,7 +185,7 @@ def _read_by_cell(con, species, obs, row_of, gene_col, n_vars: int, dtype):
                 continue
             at = int(filled[r])
             if at + b - a > indptr[r + 1]:
-                raise HmbaError(
+                raise StoreError(
                     f"{store_of(con)}: cell {obs.cell_label.iloc[r]} holds more counts in expression_by_cell "
                     "than cells.genes_detected says; run hmba-db verify"
                 )
@@ -194,7 +194,7 @@ def _read_by_cell(con, species, obs, row_of, gene_col, n_vars: int, dtype):
             filled[r] = at + b - a
     if not np.array_equal(filled, indptr[1:]):
         bad = int(np.flatnonzero(filled != indptr[1:])[0])
-        raise HmbaError(
+        raise StoreError(
             f"{store_of(con)}: cell {obs.cell_label.iloc[bad]} has {filled[bad] - indptr[bad]:,} counts in "
             f"expression_by_cell, {indptr[bad + 1] - indptr[bad]:,} expected; run hmba-db verify"
         )
@@ -249,14 +249,26 @@ def _frame(df: pd.DataFrame, index: str) -> pd.DataFrame:
 
 
 def estimate_nnz(
-    con: duckdb.DuckDBPyConnection, species: str, genes: list[str] | None = None, cells: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    species: str,
+    genes: list[str] | None = None,
+    cells: str | list[str] | None = None,
 ) -> tuple[int, int, int]:
     """(cells, genes, non-zeros) of a to_anndata selection, counted before reading it: the cells' genes
-    detected for all genes, the genes' stored rows among those cells otherwise (their row groups only)."""
+    detected for all genes, the genes' stored rows among those cells otherwise (their row groups only).
+    `cells`: a condition on the cells table, or cell labels, as to_anndata takes them."""
     species = R.species_named(species)
-    where = f" and {cells_condition(con, cells)}" if cells else ""
+    genes = as_list(genes, "genes")
+    args: list[object] = [species]
+    if isinstance(cells, str):
+        where = f" and {cells_condition(con, cells)}"
+    elif cells is not None:
+        where = " and cell_label in (select unnest(?::varchar[]))"
+        args.append([str(c) for c in cells])
+    else:
+        where = ""
     ((n_cells, detected),) = con.execute(
-        f"select count(*), coalesce(sum(genes_detected), 0) from cells where species = ?{where}", [species]
+        f"select count(*), coalesce(sum(genes_detected), 0) from cells where species = ?{where}", args
     ).fetchall()
     if genes is None:
         ((n_genes,),) = con.execute("select count(*) from genes where species = ?", [species]).fetchall()
@@ -266,7 +278,7 @@ def estimate_nnz(
     ((nnz,),) = con.execute(
         f"select count(*) from read_parquet(?) where gene_index in ({', '.join(map(str, var.gene_index))}) "
         f"and cell_index in (select cell_index from cells where species = ?{where})",
-        [files, species],
+        [files, *args],
     ).fetchall()
     return int(n_cells), len(var), int(nnz)
 
@@ -296,6 +308,7 @@ def to_anndata(
 
     con = store_or_con if isinstance(store_or_con, duckdb.DuckDBPyConnection) else connect(store_or_con)
     species = R.species_named(species)
+    genes = as_list(genes, "genes")  # "GAD1" is one gene
     obs = _cells(con, species, cells)
     var = _genes(con, species, genes)
     n_species_cells = con.execute("select count(*) from cell_totals where species = ?", [species]).fetchall()[
@@ -314,7 +327,7 @@ def to_anndata(
         else:
             x = _read_by_gene(con, species, var, row_of, gene_col, genes is not None, len(obs), dtype)
     except (duckdb.IOException, duckdb.InvalidInputException) as e:  # a missing, truncated, damaged file
-        raise HmbaError(
+        raise StoreError(
             f"{store_of(con)}: cannot read its expression files ({' '.join(str(e).split())}); "
             "run hmba-db verify, then rebuild the store"
         ) from e

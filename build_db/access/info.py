@@ -3,13 +3,12 @@ server's health answer and anyone's script."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
 
 from ..release import layout as R
-from ..store.paths import BUILD_JSON, files_root, is_url
+from ..store.paths import BUILD_JSON, files_root, is_url, read_build_record
 from .connect import StoreOrConnection, connect, store_of
 
 
@@ -28,7 +27,7 @@ def store_info(store_or_con: StoreOrConnection, *, sizes: bool = False) -> dict:
     licence = dict(con.execute("select key, value from licence").fetchall())
     build: dict = {}
     if not is_url(root) and (Path(root) / BUILD_JSON).exists():
-        build = json.loads((Path(root) / BUILD_JSON).read_text())
+        build = read_build_record(Path(root))
     rows = con.execute(
         "select c.species, c.n, c.assigned, g.n from "
         "(select species, count(*) as n, count(cluster_alias) as assigned from cells group by species) c "

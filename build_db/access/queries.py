@@ -31,7 +31,7 @@ import pandas as pd
 import sqlglot
 from sqlglot import exp
 
-from ..errors import HmbaError
+from ..errors import HmbaError, StoreError
 from ..release import layout as R
 from . import genes as G
 from .connect import StoreOrConnection, connect
@@ -490,11 +490,17 @@ def run_query(
 
 
 def execute(con: duckdb.DuckDBPyConnection, rendered: Rendered) -> pd.DataFrame:
-    """Run a rendered query; a DuckDB error becomes a one-line HmbaError. attrs: name, SQL, notes."""
+    """Run a rendered query; a DuckDB error becomes a one-line StoreError (the query's SQL is ours and its
+    parameters were checked, so a failure is the store's: a missing, damaged or unreadable file). attrs:
+    name, SQL, notes."""
     name = rendered.query.name
     try:
         df = con.execute(rendered.sql).df()
+    except duckdb.InterruptException:
+        raise
     except duckdb.Error as e:
-        raise HmbaError(f"query {name} failed: {' '.join(str(e).split())}", key=name) from e
+        raise StoreError(
+            f"query {name} failed: {' '.join(str(e).split())}; run hmba-db verify on the store", key=name
+        ) from e
     df.attrs.update(query=name, sql=rendered.sql, notes=rendered.notes, params=rendered.values)
     return df

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import queue
 import re
@@ -93,7 +94,7 @@ def allowed_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
 def check_sql(sql: str, allowed: set[str]) -> exp.Expression:
     """Parse and vet a query; raise UnsafeQuery naming the first thing it refuses."""
     try:
-        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+        statements = _statements(sql)
     except sqlglot.errors.SqlglotError as e:  # a parse or a tokenizer error
         raise UnsafeQuery(f"not valid SQL: {str(e).splitlines()[0]}") from e
     except RecursionError:
@@ -102,13 +103,33 @@ def check_sql(sql: str, allowed: set[str]) -> exp.Expression:
         raise UnsafeQuery(f"exactly one statement is allowed, got {len(statements)}")
     tree = statements[0]
     if not isinstance(tree, QUERY_TYPES):
-        kind = tree.key.upper() if isinstance(tree, exp.Expression) else type(tree).__name__
-        raise UnsafeQuery(f"only SELECT queries are allowed (WITH and UNION too), not {kind}")
+        raise UnsafeQuery(f"only SELECT queries are allowed (WITH and UNION too), not {_kind(tree)}")
     try:
         _vet(tree, allowed)
     except RecursionError:
         raise UnsafeQuery(MAX_DEPTH_MESSAGE) from None
     return tree
+
+
+def _statements(sql: str) -> list[exp.Expr]:
+    """The statements of a text, without the empty ones and a trailing comment (`select 1; -- note`,
+    which editors and BI tools leave: sqlglot gives it as a statement of its own). sqlglot's warning for a
+    statement it keeps as a plain command (`LOAD httpfs`) is not printed: the refusal says it."""
+    logger = logging.getLogger("sqlglot")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        parsed = sqlglot.parse(sql, read="duckdb")
+    finally:
+        logger.setLevel(level)
+    return [s for s in parsed if s is not None and not isinstance(s, exp.Semicolon)]
+
+
+def _kind(tree: exp.Expr) -> str:
+    """What a statement is, as its author wrote it: LOAD, INSTALL, ATTACH, PRAGMA, ..."""
+    if isinstance(tree, exp.Command):
+        return str(tree.this).split()[0].upper() if str(tree.this).strip() else "COMMAND"
+    return tree.key.upper() if isinstance(tree, exp.Expression) else type(tree).__name__
 
 
 def _vet(tree: exp.Expression, allowed: set[str]) -> None:
@@ -130,7 +151,7 @@ def _vet(tree: exp.Expression, allowed: set[str]) -> None:
             | exp.Merge
             | exp.Alter,
         ):
-            raise UnsafeQuery(f"{node.key.upper()} is not allowed inside a query")
+            raise UnsafeQuery(f"{_kind(node)} is not allowed inside a query")
         if isinstance(node, exp.Func):
             name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
             if DENIED_FUNCTIONS.match(name or ""):
@@ -221,7 +242,7 @@ def run_safe(
     Example:
         >>> run_safe(Path("data/demo-store"), "select count(*) from cells").frame  # doctest: +SKIP
     """
-    with Sandbox(store, workers=1, memory_limit=memory_limit, threads=threads) as sandbox:
+    with Sandbox(store, workers=1, memory_limit=memory_limit, threads=threads, keep_warm=False) as sandbox:
         return sandbox.run(sql, timeout=timeout, max_rows=max_rows)
 
 
@@ -250,8 +271,10 @@ class Sandbox:
         memory_limit: str = DEFAULT_MEMORY_LIMIT,
         threads: int = DEFAULT_THREADS,
         temp_limit: str = DEFAULT_TEMP_LIMIT,
+        keep_warm: bool = True,
     ):
         self.store = Path(store).absolute()
+        self.keep_warm = keep_warm  # replace a child stopped at a limit at once (a server), or when needed
         self.memory_limit = memory_limit
         self.address_space = parse_bytes(memory_limit) + ADDRESS_SPACE_HEADROOM
         parse_bytes(temp_limit)
@@ -275,6 +298,8 @@ class Sandbox:
         self._lock = threading.Lock()
         self._children: set[_Child] = set()
         self._closed = False
+        self._to_start: queue.Queue[bool] = queue.Queue()
+        self._starter: threading.Thread | None = None
 
     def __enter__(self) -> Sandbox:
         return self
@@ -283,6 +308,7 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
+        self._to_start.put(False)
         with self._lock:
             self._closed = True
             children, self._children = list(self._children), set()
@@ -303,18 +329,18 @@ class Sandbox:
         if not 0 < float(timeout) <= MAX_TIMEOUT:
             raise UnsafeQuery(f"timeout={timeout}: give a time limit above 0 and at most {MAX_TIMEOUT:g} s")
         check_sql(sql, self.allowed)
-        child = self._acquire(timeout)
+        child = self._acquire(timeout, cancelled)
         try:
             header, payload = child.ask(
                 {"sql": sql, "max_rows": max_rows, "timeout": timeout}, timeout + GRACE, cancelled
             )
         except _Late:
-            self._drop(child)
+            self._drop(child, replace=True)
             raise UnsafeQuery(
                 f"the query ran longer than the {timeout:g} s time limit and was stopped"
             ) from None
         except _Died:
-            self._drop(child)
+            self._drop(child, replace=True)
             raise UnsafeQuery(
                 f"the query needed more memory than the sandbox's {_gib(self.address_space)} cap and was "
                 "stopped; filter or aggregate more, or ask for a larger --memory-limit"
@@ -322,7 +348,12 @@ class Sandbox:
         except _Cancelled:
             self._drop(child)
             raise
-        self._idle.put(child)
+        if header["ok"] or header["kind"] == "error":
+            self._idle.put(child)
+        else:
+            # A child that hit a limit is replaced, not reused: one stopped at its memory limit kept its
+            # address space nearly full, and every later statement there ran out of memory.
+            self._drop(child, replace=True)
         if header["ok"]:
             import pyarrow as pa
 
@@ -337,35 +368,79 @@ class Sandbox:
             )
         raise UnsafeQuery(header["message"])
 
-    def _acquire(self, timeout: float) -> _Child:
-        with self._lock:
-            if self._closed:
-                raise UnsafeQuery("the sandbox is closed")
-            start = self._idle.empty() and self._started < self.workers
-            if start:
-                self._started += 1
-        if start:
-            try:
-                child = _Child(self.config)
-            except BaseException:
-                with self._lock:
-                    self._started -= 1
-                raise
+    def _acquire(self, timeout: float, cancelled: threading.Event | None = None) -> _Child:
+        """An idle child, or a new one while fewer than `workers` run; waits up to `timeout` (then the
+        busy refusal), and stops waiting when `cancelled` is set (the caller went away)."""
+        end = time.monotonic() + timeout
+        while True:
+            if cancelled is not None and cancelled.is_set():
+                raise _Cancelled("the client went away; the query was stopped")
             with self._lock:
-                self._children.add(child)
-            return child
-        try:
-            return self._idle.get(timeout=timeout)
-        except queue.Empty:
-            raise UnsafeQuery(
-                f"the sandbox's {self.workers} worker(s) stayed busy for {timeout:g} s; try again shortly"
-            ) from None
+                if self._closed:
+                    raise UnsafeQuery("the sandbox is closed")
+                start = self._idle.empty() and self._started < self.workers
+                if start:
+                    self._started += 1
+            if start:
+                return self._start()
+            left = end - time.monotonic()
+            if left <= 0:
+                raise UnsafeQuery(
+                    f"the sandbox's {self.workers} worker(s) stayed busy for {timeout:g} s; try again shortly"
+                )
+            try:
+                child = self._idle.get(timeout=min(left, 0.1))
+            except queue.Empty:
+                continue
+            with self._lock:
+                if child in self._children:
+                    return child
 
-    def _drop(self, child: _Child) -> None:
+    def _start(self) -> _Child:
+        """A new child, counted in `_started` by the caller."""
+        try:
+            child = _Child(self.config)
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+            raise
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._children.add(child)
+        if closed:
+            child.stop()
+            raise UnsafeQuery("the sandbox is closed")
+        return child
+
+    def _drop(self, child: _Child, *, replace: bool = False) -> None:
+        """Stop a child; with `replace`, start its successor now (in the background), so the next statement
+        finds a warm child rather than waiting for one to start."""
         child.stop()
         with self._lock:
             self._children.discard(child)
             self._started -= 1
+            replace = replace and self.keep_warm and not self._closed and self._started < self.workers
+            if replace:
+                self._started += 1
+
+        if replace:
+            with self._lock:
+                if self._starter is None:
+                    # One thread that lives as long as the sandbox starts the successors: a child dies with
+                    # the thread that started it (PR_SET_PDEATHSIG follows the thread, not the process).
+                    self._starter = threading.Thread(
+                        target=self._warm, name="hmba-sandbox-start", daemon=True
+                    )
+                    self._starter.start()
+            self._to_start.put(True)
+
+    def _warm(self) -> None:
+        while self._to_start.get():
+            try:
+                self._idle.put(self._start())
+            except (UnsafeQuery, OSError):
+                pass  # the next statement starts one itself, and says why if it cannot
 
 
 class _Late(Exception):

@@ -36,7 +36,7 @@ SPARK_TYPES = {
     "FLOAT": "float",
 }
 # Tables written as Parquet under tables/ (PARQUET_TABLES by the metadata stage, the rest by the catalog).
-FILE_TABLES = (*S.PARQUET_TABLES, S.TERM_CELL_COUNTS, S.STORE_INFO, S.LICENCE)
+FILE_TABLES = (*S.PARQUET_TABLES, S.TERM_CELL_COUNTS, S.STORE_INFO, S.STORE_FILES, S.LICENCE)
 FILES_PREFIX = "hmba_files_"  # the temporary views of the views' Parquet folders
 
 

@@ -38,6 +38,7 @@ def list_terms(con: duckdb.DuckDBPyConnection, level: str, species: list[str]) -
         >>> list_terms(connect("data/demo-store"), "Group", ["Human"])[0]["term_name"]  # doctest: +SKIP
     """
     level = level_of(level)
+    species = [species] if isinstance(species, str) else list(species)  # "Human" is one species
     counts = _counts(con, species, level)
     rows = con.execute(
         "select term_label, term_name, color, term_order, parent_term_label, parent_term_name "
@@ -86,6 +87,7 @@ def term_detail(con: duckdb.DuckDBPyConnection, value: str, species: list[str]) 
     Example:
         >>> term_detail(connect("data/demo-store"), "STR D1 MSN", ["Human"])["children"]  # doctest: +SKIP
     """
+    species = [species] if isinstance(species, str) else list(species)  # "Human" is one species
     label, _, level = find_term(con, value)
     ((name, color, order, parent, parent_name, parent_level),) = con.execute(
         "select t.term_name, t.color, t.term_order, t.parent_term_label, t.parent_term_name, p.level "

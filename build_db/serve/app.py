@@ -20,6 +20,7 @@ import hmac
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -28,6 +29,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -46,13 +48,15 @@ from ..access import results as out
 from ..access.embedding import umap_points
 from ..access.genes import search_genes
 from ..access.queries import PARAM_TYPES, built_species, execute, get_query, list_queries, render
-from ..access.sandbox import UnsafeQuery
+from ..access.sandbox import GRACE as SANDBOX_GRACE
+from ..access.sandbox import MAX_ROWS, UnsafeQuery
 from ..access.taxonomy import list_terms, term_detail
-from ..errors import HmbaError
+from ..errors import HmbaError, StoreError
 from ..release import layout as R
+from ..store.catalog import sql_literal
 from ..store.paths import is_url
 from ..version import __version__
-from .snapshots import Busy, Stores
+from .snapshots import POOL_WAIT, Busy, Stores
 
 log = logging.getLogger("hmba-db.serve")
 API = "/api/v1"
@@ -60,6 +64,12 @@ FORMATS = ("json", "csv", "parquet")
 CACHE_BYTES = 64 * 2**20  # answers kept per server: a few hundred dot plots; the oldest go first
 MAX_POINTS = 2_000_000  # UMAP points per answer at most (the largest species has 1.68 M cells)
 MAX_GENE_HITS = 200
+# Genes one request may name: a dot plot of 34 genes is a wide one, a pathway a few hundred; each unknown one
+# costs a closest-symbol search, so past this a request is refused before any work (a 400).
+MAX_GENES = 1000
+MAX_EXPORT_GENES = 5000  # an export of chosen genes: a list of highly variable genes is 2,000-5,000
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1")
+SHORT_GRACE = 1.0  # seconds past a deadline before a request is answered whatever its work is doing
 TOKEN_NEEDED = "this server needs a token: send Authorization: Bearer TOKEN (hmba-db serve --token)"
 
 
@@ -79,7 +89,25 @@ class ServeConfig:
     sql_max_rows: int = D.SQL_MAX_ROWS
     pool_size: int = 4
     cache_bytes: int = CACHE_BYTES
+    # Host headers answered (DNS rebinding: a web page whose name resolves to 127.0.0.1 must not read a
+    # token-less server); None answers any (a server listening on every address, without --allowed-hosts).
+    allowed_hosts: list[str] | None = field(default_factory=lambda: list(LOCAL_NAMES))
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse what would switch a protection off without a word: an empty token, a limit of nan."""
+        if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
+            raise HmbaError(
+                "the token is empty: an empty token would let anyone in; give one with --token-file FILE or "
+                "HMBA_TOKEN (a file holding an empty line gives an empty token), or none for no token"
+            )
+        for name in ("timeout", "export_timeout", "max_export_mb", "sql_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < math.inf:  # nan fails too
+                raise HmbaError(f"{name}={value}: give a finite number above 0")
+        for name in ("pool_size", "sandbox_workers", "sandbox_threads", "sql_max_rows"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise HmbaError(f"{name}={getattr(self, name)}: give a whole number from 1")
 
 
 class ApiError(Exception):
@@ -90,14 +118,41 @@ class ApiError(Exception):
 
 class _Guard:
     """Pure ASGI middleware (Starlette's BaseHTTPMiddleware hides a client's disconnect from the routes):
-    the token on /api requests, and a Server-Timing header on every answer."""
+    the Host header against the names the server answers to, the token on /api requests, and a
+    Server-Timing header on every answer."""
 
-    def __init__(self, app, token: str | None):
+    def __init__(self, app, token: str | None, allowed_hosts: list[str] | None):
         self.app, self.token = app, token
+        self.hosts = (
+            None if allowed_hosts is None or "*" in allowed_hosts else {h.lower() for h in allowed_hosts}
+        )
+
+    def _host_ok(self, scope) -> bool:
+        if self.hosts is None:
+            return True
+        given = dict(scope["headers"]).get(b"host")
+        if given is None:  # no Host header (HTTP/1.0, a script): not a browser, so not a rebinding page
+            return True
+        name = given.decode("latin-1").strip().lower()
+        if name.startswith("["):  # [::1]:8000
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.rsplit(":", 1)[0]
+        return name in self.hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if not self._host_ok(scope):
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")[:100]
+            response = JSONResponse(
+                {
+                    "error": f"Host {host!r} is not one this server answers to; open it by its own address, "
+                    "or start it with --allowed-hosts NAME (the name a proxy or a browser uses)"
+                },
+                status_code=421,
+            )
+            return await response(scope, receive, send)
         path = scope["path"]
         if self.token and path.startswith("/api/") and not path.startswith("/api/docs"):
             given = dict(scope["headers"]).get(b"authorization", b"")
@@ -122,7 +177,9 @@ class _Guard:
 class SqlRequest(BaseModel):
     sql: str = Field(..., description="One SELECT over the catalog's tables and views", max_length=100_000)
     max_rows: int = Field(1000, ge=0, le=1_000_000, description="Rows returned at most (the answer says so)")
-    timeout: float = Field(D.SQL_TIMEOUT, gt=0, le=300, description="Seconds before the query is stopped")
+    timeout: float = Field(
+        D.SQL_TIMEOUT, gt=0, le=300, allow_inf_nan=False, description="Seconds before the query is stopped"
+    )
 
 
 class _Answers:
@@ -165,6 +222,17 @@ def _fmt(request: Request, allowed=FORMATS) -> str:
     return fmt
 
 
+def _few_genes(name: str, genes: list[str], most: int = MAX_GENES) -> None:
+    """A 400 before any work for a gene list past what one request may ask."""
+    n = len([g for g in genes if g.strip()])
+    if n > most:
+        raise ApiError(
+            400,
+            f"{name}: {n:,} genes; one request takes at most {most:,} (split the list, or run "
+            "build_db.run_query on the store for more)",
+        )
+
+
 def _species_list(built: list[str], value: str | None) -> list[str]:
     """Species asked for (comma-separated, any case, or all), each in the store."""
     if value is None or value.strip().lower() in ("", "all"):
@@ -199,13 +267,25 @@ def create_app(config: ServeConfig) -> FastAPI:
         },
     )
     answers = _Answers(config.cache_bytes)
-    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="hmba-serve")
+    # One pool of threads per class of work, so one class waiting cannot take the threads of another: reads
+    # (a connection of the snapshot's pool each), sandboxed SQL (a wait on a sandbox child, no connection),
+    # exports (minutes, their own connections).
+    executors = {
+        "reads": ThreadPoolExecutor(max_workers=32, thread_name_prefix="hmba-read"),
+        "sql": ThreadPoolExecutor(max_workers=32, thread_name_prefix="hmba-sql"),
+        "export": ThreadPoolExecutor(max_workers=8, thread_name_prefix="hmba-export"),
+        # taking the current snapshot (a readlink; a new build's opening now and then): never queued
+        # behind reads that wait for a connection
+        "snapshot": ThreadPoolExecutor(max_workers=4, thread_name_prefix="hmba-snapshot"),
+    }
+    executor = executors["snapshot"]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         stores.close()
-        executor.shutdown(wait=False, cancel_futures=True)
+        for ex in executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         lifespan=lifespan,
@@ -228,7 +308,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 snap.species = built_species(con)
         return snap.species
 
-    app.add_middleware(_Guard, token=config.token)
+    app.add_middleware(_Guard, token=config.token, allowed_hosts=config.allowed_hosts)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
@@ -260,58 +340,75 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     # --- running one request's work on one snapshot, stopped at its time limit or when the client goes ---
 
-    async def run(request: Request, fn, *, timeout: float, snap=None, cancel: threading.Event | None = None):
-        """fn(snap, con) in a worker thread on one snapshot's connection; a 504 past `timeout`, and an
-        interrupted query when the client disconnects (its connection goes back to the pool either way)."""
+    async def run(request: Request, fn, *, timeout: float, snap=None, kind: str = "reads", on_orphan=None):
+        """fn(snap, con, stop) in a worker thread of its kind, on one snapshot: `con` is a connection of the
+        readers' pool ("reads"), of the exports' own ("export"), or None ("sql": the work runs in the
+        sandbox). Past `timeout` it is a 504 and a client that goes away a 499, each answered at once (the
+        connection interrupted, `stop` set for work that looks at it): the request is answered within
+        SHORT_GRACE of its deadline whatever the work is doing. A request that waits past its deadline for
+        a connection is a 503 (the server is busy); its work never starts. `on_orphan(result)` cleans up
+        after work that finished for a request already answered (an export's file)."""
         state: dict = {}
+        lock = threading.Lock()
+        stop = threading.Event()
+        deadline = time.monotonic() + timeout
+        held = stores.hold(snap) if snap is not None else None  # the work may outlive the request
 
         def job():
-            own = snap is None
-            s = stores.current() if own else snap
+            s = held if held is not None else stores.current()
             try:
-                with s.connection() as con:
-                    state["con"] = con
+                if kind == "sql":
+                    return fn(s, None, stop)
+                left = deadline - time.monotonic()
+                taken = s.export_connection() if kind == "export" else s.connection(min(POOL_WAIT, left))
+                with taken as con:
+                    if stop.is_set():  # answered while this waited for a connection: nothing to do
+                        return None
+                    with lock:
+                        state["con"] = con
                     try:
-                        return fn(s, con)
+                        return fn(s, con, stop)
                     finally:
-                        state.pop("con", None)
+                        with lock:
+                            state.pop("con", None)
             finally:
-                if own:
-                    stores.release(s)
+                stores.release(s)
 
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(executor, job)
-        deadline = time.monotonic() + timeout
-        why = None
+        fut = loop.run_in_executor(executors[kind], job)
+        why, stopped_at = None, 0.0
         while True:
-            done, _ = await asyncio.wait({fut}, timeout=0.2)
+            done, _ = await asyncio.wait({fut}, timeout=0.1)
             if done:
                 break
-            if why is None and await request.is_disconnected():
-                why = "gone"
-            elif why is None and time.monotonic() > deadline:
-                why = "late"
-            if why is not None:
-                if cancel is not None:
-                    cancel.set()
-                con = state.get("con")
-                if con is not None:
-                    con.interrupt()
-        try:
-            result = fut.result()
-        except (duckdb.InterruptException, UnsafeQuery) as e:
-            if why == "late" or (isinstance(e, duckdb.InterruptException) and why is None):
-                raise ApiError(
-                    504, f"the request ran longer than the server's {timeout:g} s limit and was stopped"
-                ) from e
-            if why == "gone":
-                raise ApiError(499, "the client went away") from e
-            raise
+            if why is None:
+                if await request.is_disconnected():
+                    why = "gone"
+                elif time.monotonic() > deadline:
+                    why = "late"
+                if why is not None:
+                    stopped_at = time.monotonic()
+                    stop.set()
+                    with lock:
+                        con = state.get("con")
+                        if con is not None:
+                            con.interrupt()
+            elif time.monotonic() - stopped_at > SHORT_GRACE:
+                break  # it ends on its own; its answer is nobody's
+        if why is not None:
+            fut.add_done_callback(partial(_forget, on_orphan=on_orphan))
         if why == "late":
             raise ApiError(
                 504, f"the request ran longer than the server's {timeout:g} s limit and was stopped"
             )
-        return result
+        if why == "gone":
+            raise ApiError(499, "the client went away")
+        try:
+            return fut.result()
+        except Busy as e:
+            raise ApiError(503, str(e), {"Retry-After": "5"}) from e
+        except duckdb.InterruptException as e:  # not ours: the server is stopping
+            raise ApiError(503, "the server is stopping; try again shortly") from e
 
     async def answer(request: Request, make, *, key: tuple, timeout: float | None = None, cache: bool = True):
         """The cached or freshly made answer to a request, with its ETag and build id.
@@ -330,7 +427,9 @@ def create_app(config: ServeConfig) -> FastAPI:
                 return Response(status_code=304, headers=headers)
             hit = answers.get((snap.build_id, canonical)) if cache else None
             if hit is None:
-                body, media = await run(request, make, timeout=timeout or config.timeout, snap=snap)
+                body, media = await run(
+                    request, lambda s, c, _stop: make(s, c), timeout=timeout or config.timeout, snap=snap
+                )
                 if cache:
                     answers.put((snap.build_id, canonical), (body, media, {}))
             else:
@@ -354,15 +453,19 @@ def create_app(config: ServeConfig) -> FastAPI:
         )
 
     def hmba_errors(fn, not_found_keys=()):
-        """HmbaError -> 400 (404 for the keys that name a missing thing)."""
+        """The library's errors as HTTP: the user's mistakes a 400 (404 for the keys that name a missing
+        thing), the store's damage (StoreError, a DuckDB error on our own SQL) and a busy server a 503."""
 
-        def wrapped(snap, con):
+        def wrapped(snap, con, *rest):
             try:
-                return fn(snap, con)
+                return fn(snap, con, *rest)
             except Busy as e:
-                raise ApiError(503, str(e)) from e
+                raise ApiError(503, str(e), {"Retry-After": "5"}) from e
             except UnsafeQuery as e:
-                raise ApiError(400, str(e)) from e
+                raise ApiError(_unsafe_status(e), str(e)) from e
+            except StoreError as e:
+                log.error("the store could not answer: %s", e)
+                raise ApiError(503, str(e)) from e
             except HmbaError as e:  # the library's messages name the CLI's --param; here it is a parameter
                 message = re.sub(r"--param (\w+)", r"\1", str(e))
                 raise ApiError(404 if e.key in not_found_keys else 400, message) from e
@@ -423,6 +526,9 @@ def create_app(config: ServeConfig) -> FastAPI:
                 raise ApiError(
                     400, f"query {q.name} has no parameter {', '.join(unknown)}; it takes: {accepted}"
                 )
+            for p in q.params:
+                if p.type == "genes" and p.name in given:
+                    _few_genes(p.name, given[p.name].split(","))
 
             def make(snap, con):
                 t0 = time.perf_counter()
@@ -563,20 +669,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def sql(request: Request, body: SqlRequest):
         fmt = _fmt(request, ("json", "csv"))
         snap = await asyncio.get_running_loop().run_in_executor(executor, stores.current)
-        cancel = threading.Event()
         try:
             cap = min(body.max_rows, config.sql_max_rows)
             limit = min(body.timeout, config.sql_timeout)
 
-            def make(s, con):
+            def make(s, _con, stop):  # no connection: the statement runs in a sandbox child
                 t0 = time.perf_counter()
-                try:
-                    result = s.sandbox().run(body.sql, timeout=limit, max_rows=cap, cancelled=cancel)
-                except UnsafeQuery as e:
-                    status = 504 if "time limit" in str(e) else 503 if "stayed busy" in str(e) else 400
-                    raise ApiError(status, str(e)) from e
-                except HmbaError as e:
-                    raise ApiError(400, str(e)) from e
+                result = s.sandbox().run(body.sql, timeout=limit, max_rows=cap, cancelled=stop)
                 elapsed = (time.perf_counter() - t0) * 1000
                 extra = {
                     "max_rows": cap,
@@ -586,7 +685,11 @@ def create_app(config: ServeConfig) -> FastAPI:
                 }
                 return frame_body(result.frame, fmt, s, extra)
 
-            body_bytes, media = await run(request, make, timeout=limit + 10, snap=snap, cancel=cancel)
+            # A wait for a free sandbox child (at most the limit), then the statement (the limit, and the
+            # sandbox's grace before it kills the child): the server's own deadline comes after both.
+            body_bytes, media = await run(
+                request, hmba_errors(make), timeout=2 * limit + SANDBOX_GRACE + 2, snap=snap, kind="sql"
+            )
             return Response(body_bytes, media_type=media, headers={"X-HMBA-Build": snap.build_id})
         finally:
             stores.release(snap)
@@ -600,15 +703,32 @@ def create_app(config: ServeConfig) -> FastAPI:
             None, max_length=20000, description="Gene symbols or identifiers, comma-separated"
         ),
     ):
+        gene_list = [g.strip() for g in genes.split(",") if g.strip()] if genes else None
+        if gene_list is not None:
+            _few_genes("genes", gene_list, MAX_EXPORT_GENES)
         snap = await asyncio.get_running_loop().run_in_executor(executor, stores.current)
         try:
-            gene_list = [g.strip() for g in genes.split(",") if g.strip()] if genes else None
 
-            def make(s, con):
-                from ..access.export import estimate_nnz, to_anndata
+            def make(s, con, stop):
+                from ..access.export import cells_condition, estimate_nnz, to_anndata
 
                 chosen = _one_species(species_of(s), species)
-                n_cells, n_genes, nnz = estimate_nnz(con, chosen, gene_list, cells)
+                selection = None
+                if cells is not None:
+                    # The user's condition runs in the sandbox (its memory, threads and time caps, in a
+                    # process whose death is not the server's); the export reads the cells it names.
+                    where = cells_condition(con, cells)
+                    result = s.sandbox().run(
+                        f"select cell_label from cells where species = {sql_literal(chosen)} and {where} "
+                        "order by cell_index",
+                        timeout=config.sql_timeout,
+                        max_rows=MAX_ROWS,
+                        cancelled=stop,
+                    )
+                    selection = result.frame["cell_label"].tolist()
+                    if not selection:
+                        raise ApiError(400, f"cells={cells!r}: no {chosen} cell matches")
+                n_cells, n_genes, nnz = estimate_nnz(con, chosen, gene_list, selection)
                 size_mb = (nnz * 8 + n_cells * 400 + n_genes * 100) / 2**20
                 if size_mb > config.max_export_mb:
                     raise ApiError(
@@ -617,13 +737,22 @@ def create_app(config: ServeConfig) -> FastAPI:
                         f"(~{size_mb:,.0f} MiB as h5ad), past this server's {config.max_export_mb:g} MiB "
                         "limit; narrow cells or genes, or use build_db.to_anndata on the store",
                     )
-                adata = to_anndata(con, chosen, gene_list, cells)
+                adata = to_anndata(con, chosen, gene_list, selection)
+                if cells is not None:
+                    adata.uns["hmba_db"]["cells"] = cells  # the condition, not a count of labels
                 fd, path = tempfile.mkstemp(prefix="hmba-export-", suffix=".h5ad")
                 os.close(fd)
                 adata.write_h5ad(path)
                 return path, chosen
 
-            path, chosen = await run(request, hmba_errors(make), timeout=config.export_timeout, snap=snap)
+            path, chosen = await run(
+                request,
+                hmba_errors(make),
+                timeout=config.export_timeout,
+                snap=snap,
+                kind="export",
+                on_orphan=lambda made: os.unlink(made[0]),
+            )
             return FileResponse(
                 path,
                 media_type="application/x-hdf5",
@@ -663,6 +792,21 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     app.state.config = config
     return app
+
+
+def _unsafe_status(e: Exception) -> int:
+    """A sandbox refusal as HTTP: past its time limit 504, no free child 503, the statement's fault 400."""
+    text = str(e)
+    return 504 if "time limit" in text else 503 if "stayed busy" in text else 400
+
+
+def _forget(fut, on_orphan=None) -> None:
+    """The end of work whose request was already answered: its error retrieved (nothing logged for it),
+    its result handed to `on_orphan` to clean up."""
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    if on_orphan is not None and fut.result() is not None:
+        on_orphan(fut.result())
 
 
 def _describe(q) -> dict:

@@ -10,11 +10,60 @@ import os
 import socket
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from ..errors import HmbaError
 from .app import ServeConfig
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def token_from(given: str | None, path: Path | None, env: str | None) -> str | None:
+    """The server's token from --token, --token-file or HMBA_TOKEN (one of them), refused when empty: an
+    empty token would switch authentication off, which is what `--token "$(cat FILE)"` gives for an empty
+    file. A file's first line is the token (its newline and spaces around it dropped)."""
+    named = [n for n, v in (("--token", given), ("--token-file", path), ("HMBA_TOKEN", env)) if v is not None]
+    if len(named) > 1:
+        raise HmbaError(f"{' and '.join(named)} both give a token; give one")
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise HmbaError(f"{path}: cannot read the token file ({e.strerror}); check --token-file") from e
+        token = text.splitlines()[0].strip() if text.strip() else ""
+        if not token:
+            raise HmbaError(
+                f"{path}: the token file is empty; write a token in it (e.g. openssl rand -hex 32)"
+            )
+        return token
+    value = given if given is not None else env
+    if value is not None and not value.strip():
+        where = "--token" if given is not None else "HMBA_TOKEN"
+        raise HmbaError(
+            f"{where} is empty: that would let anyone in; give a token, or leave {where} out for a server "
+            "without one"
+        )
+    if given is not None:
+        print(
+            "warning: --token shows in `ps` to every user of this machine; use --token-file or HMBA_TOKEN",
+            file=sys.stderr,
+        )
+    return value.strip() if value is not None else None
+
+
+def hosts_for(host: str, allowed: str | None) -> list[str] | None:
+    """The Host header values the server answers (DNS rebinding: a page on another site whose name resolves
+    to this address must be refused): --allowed-hosts, else the address's own names; None (any) for a
+    server listening on every address without --allowed-hosts."""
+    if allowed is not None:
+        names = [h.strip().lower() for h in allowed.split(",") if h.strip()]
+        if not names:
+            raise HmbaError("--allowed-hosts is empty; give host names, comma-separated, or * for any")
+        return names
+    if host in WILDCARDS:
+        return None
+    return sorted({*LOCAL_HOSTS, host.lower()})
 
 
 def check_port(host: str, port: int) -> None:
@@ -46,7 +95,12 @@ def serve(
     if host not in LOCAL_HOSTS:
         print(
             f"warning: listening on {host}: the store's data become reachable from the network"
-            + ("" if config.token else " by anyone (no --token)"),
+            + ("" if config.token else " by anyone (no --token)")
+            + (
+                "; any Host header is answered (--allowed-hosts names yours)"
+                if config.allowed_hosts is None
+                else ""
+            ),
             file=sys.stderr,
         )
     check_port(host, port)

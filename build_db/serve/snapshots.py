@@ -13,6 +13,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,10 +30,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("hmba-db.serve")
 POOL_SIZE = 4  # connections per snapshot: requests beyond wait their turn (DuckDB runs 2 threads each)
 POOL_WAIT = 30.0  # seconds a request waits for a free connection before a 503
+# Exports (minutes, GBs) get connections of their own, so they never hold the readers' pool; beyond these
+# many at once an export waits EXPORT_WAIT s, then is told to come back (503).
+EXPORT_SLOTS = 2
+EXPORT_WAIT = 5.0
+RETRY_OPEN = 30.0  # seconds before a build that would not open (damaged, half-written) is tried again
 
 
 class Busy(HmbaError):
     """Every connection stayed in use: the server is overloaded (a 503)."""
+
+
+class _Slot:
+    """What a pool queue held, as taken: put back (perhaps replaced) when given back."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+@contextlib.contextmanager
+def _taken(pool: queue.Queue, wait: float, busy: str):
+    """An item of a pool for the block, waiting at most `wait` seconds for one (then Busy, saying `busy`)."""
+    try:
+        slot = _Slot(pool.get(timeout=max(0.0, wait)))
+    except queue.Empty:
+        raise Busy(busy) from None
+    try:
+        yield slot
+    finally:
+        pool.put(slot.value)
 
 
 class Snapshot:
@@ -41,14 +67,24 @@ class Snapshot:
     def __init__(self, where: Path | str, pool_size: int, sandbox_options: dict):
         self.where = where
         self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
+        self._exports: queue.Queue[duckdb.DuckDBPyConnection | None] = queue.Queue()
         self._all: list[duckdb.DuckDBPyConnection] = []
-        for _ in range(pool_size):
-            con = connect(where)
-            self._all.append(con)
-            self._pool.put(con)
+        try:
+            for i in range(pool_size):
+                con = connect(where, check_files=i == 0)  # the files checked once per snapshot
+                self._all.append(con)
+                self._pool.put(con)
+        except BaseException:
+            for con in self._all:
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+            raise
+        for _ in range(EXPORT_SLOTS):
+            self._exports.put(None)  # opened on first use
         info = dict(self._all[0].execute("select key, value from store_info").fetchall())
         self.build_id = info.get("build_id") or info.get("built_at", "")
         self.info = info
+        self._pool_size = pool_size
         self.users = 0
         self.retired = False
         self._lock = threading.Lock()
@@ -56,17 +92,24 @@ class Snapshot:
         self._sandbox: Sandbox | None = None
 
     @contextlib.contextmanager
-    def connection(self):
-        try:
-            con = self._pool.get(timeout=POOL_WAIT)
-        except queue.Empty:
-            raise Busy(
-                f"all {len(self._all)} connections stayed busy for {POOL_WAIT:g} s; try again shortly"
-            ) from None
-        try:
-            yield con
-        finally:
-            self._pool.put(con)
+    def connection(self, wait: float = POOL_WAIT):
+        """A connection of the readers' pool, for at most `wait` seconds of waiting (then Busy)."""
+        busy = (
+            f"all {self._pool_size} of the server's connections stayed busy for {wait:.3g} s; try again soon"
+        )
+        with _taken(self._pool, wait, busy) as slot:
+            yield slot.value
+
+    @contextlib.contextmanager
+    def export_connection(self, wait: float = EXPORT_WAIT):
+        """A connection of the exports' own (EXPORT_SLOTS at once): a long export never holds a reader's."""
+        busy = f"the server's {EXPORT_SLOTS} export slots stayed busy for {wait:.3g} s; try again in a minute"
+        with _taken(self._exports, wait, busy) as slot:
+            if slot.value is None:  # opened on first use
+                slot.value = connect(self.where, check_files=False)
+                with self._lock:
+                    self._all.append(slot.value)
+            yield slot.value
 
     def sandbox(self):
         """The sandbox's child processes for this build, started on first use."""
@@ -99,6 +142,7 @@ class Stores:
         self.pool_size = pool_size
         self.sandbox_options = sandbox_options or {}
         self._lock = threading.Lock()
+        self._failed: dict[object, float] = {}  # a build that would not open: when to try it again
         self._current = self._open(self._where())
 
     def _where(self) -> Path | str:
@@ -111,11 +155,12 @@ class Stores:
         """The newest build (opened on first sight), taken by the caller until it calls `release`."""
         where = self._where()
         with self._lock:
-            if where != self._current.where:
+            if where != self._current.where and time.monotonic() >= self._failed.get(where, 0.0):
                 try:
                     new = self._open(where)
-                except (HmbaError, duckdb.Error) as e:  # half-deleted, unreadable: stay on the build we have
+                except (HmbaError, duckdb.Error) as e:  # half-deleted, damaged: stay on the build we have
                     log.warning("cannot open %s (%s); still serving %s", where, e, self._current.where)
+                    self._failed[where] = time.monotonic() + RETRY_OPEN
                 else:
                     old, self._current = self._current, new
                     old.retired = True
@@ -125,6 +170,12 @@ class Stores:
             snap = self._current
             snap.users += 1
             return snap
+
+    def hold(self, snap: Snapshot) -> Snapshot:
+        """One more user of a snapshot already taken (work that may outlive the request that took it)."""
+        with self._lock:
+            snap.users += 1
+        return snap
 
     def release(self, snap: Snapshot) -> None:
         with self._lock:

@@ -53,6 +53,8 @@ def build(
     for name, value in (("--jobs", jobs), ("--bucket-nnz", bucket_nnz), ("--bucket-genes", bucket_genes)):
         if value < 1:
             raise HmbaError(f"{name} must be at least 1, got {value}")
+    if keep_old is not None and not 0 <= keep_old < float("inf"):  # nan fails this too
+        raise HmbaError(f"keep_old must be a finite number of seconds from 0, got {keep_old}")
     rep = Reporter(quiet)
     _, entries = read_manifest(release, version)
     lay = Layout(entries, version)

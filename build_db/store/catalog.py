@@ -11,18 +11,21 @@ later can open, because BI drivers embed their own 1.x DuckDB.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
+import re
 from pathlib import Path
 
 import duckdb
 
 from ..errors import HmbaError
 from ..release import layout as R
+from . import integrity
 from . import schema as S
-from .paths import CATALOG, files_root, table_file
+from .paths import CATALOG, files_root, is_url, table_file
 
 STORAGE_VERSION = "v1.1.0"  # readable by DuckDB >= 1.1 (tested with 1.1.3), which BI drivers embed
-CATALOG_ONLY = ("term_cell_counts", "store_info", "licence")  # tables the catalog computes
+CATALOG_ONLY = ("term_cell_counts", "store_info", "store_files", "licence")  # tables the catalog computes
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 # Dependencies first; the *_sums views read Parquet files, the *_stats views read them.
 VIEW_ORDER = (
@@ -51,8 +54,12 @@ def sql_literal(value: str | Path) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def view_sql(name: str, store: Path) -> str:
-    """A view's SQL from sql/<name>.sql with {store} replaced by the store's absolute path."""
+def view_sql(name: str, store: Path | str, files: list[str] | None = None) -> str:
+    """A view's SQL from sql/<name>.sql with {store} replaced by the store's absolute path (or a URL).
+
+    With `files` (the store's files, relative paths: `store_files`), each `'{store}/<glob>'` becomes the
+    list of the files it matches, named one by one: DuckDB then refuses a query when one is missing, where
+    a glob would read the others and answer short."""
     path = SQL_DIR / f"{name}.sql"
     if not path.exists():
         raise HmbaError(f"{path}: missing; the package's sql/ folder is incomplete: reinstall hmba-db")
@@ -61,7 +68,17 @@ def view_sql(name: str, store: Path) -> str:
         shared = (SQL_DIR / "shared" / "gene_stats_measures.sql").read_text()
         measures = "\n".join(ln for ln in shared.splitlines() if not ln.startswith("--")).strip()
         text = text.replace("{gene_stats_measures}", measures)
-    return text.replace("{store}", str(Path(store).absolute()).replace("'", "''"))
+    root = str(store).rstrip("/") if is_url(store) else str(Path(store).absolute())
+    if files is not None:
+
+        def listing(m: re.Match) -> str:
+            chosen = [f for f in files if fnmatch.fnmatchcase(f, m.group(1))]
+            if not chosen:
+                raise HmbaError(f"{root}/{m.group(1)}: no files; the store is incomplete: rebuild it")
+            return "[" + ", ".join(sql_literal(f"{root}/{f}") for f in chosen) + "]"
+
+        text = re.sub(r"'\{store\}/([^']*)'", listing, text)
+    return text.replace("{store}", root.replace("'", "''"))
 
 
 @contextlib.contextmanager
@@ -126,19 +143,25 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
         list(R.terms_of_use(info.get("release_version", ""), *_taxonomy(info)).items()),
     )
     bound_to = final
+    # Every data file with its size and CRC-32: the views name them, readers check them (integrity.py).
+    # (Not the catalog's own tables copied to Parquet below for Spark: written from the catalog, after this.)
+    derived = {table_file(files_at, t).relative_to(files_at).as_posix() for t in CATALOG_ONLY}
+    files = integrity.describe(files_at, [f for f in integrity.list_files(files_at) if f not in derived])
+    integrity.write_table(con, files)
+    names = [f for f, _, _ in files]
     # A store built without the cell-major copy has no expression_by_cell folder, so no view over it.
     views = [v for v in VIEW_ORDER if v != "expression_by_cell" or (files_at / "expression_by_cell").is_dir()]
     try:
         with _bindable(final, files_at):
             for name in views:
-                con.execute(view_sql(name, final))
+                con.execute(view_sql(name, final, names))
     except duckdb.IOException:
         # The store being replaced lacks files this version writes (built by an older hmba-db): bind to
         # the staging directory and record that, so the builder relocates the views after publishing
         # (and connect() shadows them meanwhile).
         bound_to = files_at
         for name in views:
-            con.execute(view_sql(name, files_at))
+            con.execute(view_sql(name, files_at, names))
     rows = {**info, "store_path": str(bound_to)}
     con.executemany("insert into store_info values (?, ?)", list(rows.items()))
     for name in CATALOG_ONLY:  # as Parquet too, for engines that do not read catalog.duckdb (Spark)
@@ -206,8 +229,9 @@ def relocate(store: Path) -> tuple[str, str]:
         ) from e
     try:
         old = recorded_path(con)
+        files = integrity.listed(con)
         for name in views_of(con):
-            con.execute(view_sql(name, root))
+            con.execute(view_sql(name, root, None if files is None else [f for f, _, _ in files]))
         write_comments(con)
         con.execute("update store_info set value = ? where key = 'store_path'", [str(root)])
     finally:

@@ -20,6 +20,8 @@ import secrets
 import time
 from pathlib import Path
 
+from ..errors import StoreError
+
 CATALOG = "catalog.duckdb"
 BUILD_JSON = "build.json"
 SNAPSHOTS = "snapshots"
@@ -83,9 +85,43 @@ def files_root(store: Path) -> Path:
     if link.is_symlink():
         return (store / os.readlink(link)).parent
     try:
-        build_id = json.loads((store / BUILD_JSON).read_text()).get("build_id")
+        record = json.loads((store / BUILD_JSON).read_text())
     except (OSError, ValueError):
-        build_id = None
-    if build_id and (store / SNAPSHOTS / build_id).is_dir():
+        record = None
+    build_id = record.get("build_id") if isinstance(record, dict) else None
+    if isinstance(build_id, str) and build_id and (store / SNAPSHOTS / build_id).is_dir():
         return store / SNAPSHOTS / build_id
     return store
+
+
+RECORDED = ("nnz", "sum", "cells", "genes", "buckets")  # what every species of a build record holds
+
+
+def read_build_record(folder: Path) -> dict:
+    """A store's (or snapshot's) build.json as a dict; one line naming the file when it is missing, not
+    JSON, or not a build record (truncated, a list, `{}`)."""
+    path = Path(folder) / BUILD_JSON
+    if not path.exists():
+        raise StoreError(
+            f"{path}: not found; {folder} is not an hmba-db store (run hmba-db build first)", path=path
+        )
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else f"not JSON: {' '.join(str(e).split())}"
+        raise StoreError(
+            f"{path}: cannot be read ({why}); the store is damaged: rebuild it", path=path
+        ) from None
+    species = record.get("species") if isinstance(record, dict) else None
+    if not isinstance(species, dict) or not species or not all(isinstance(m, dict) for m in species.values()):
+        raise StoreError(
+            f"{path}: not a build record (no species with their counts); the store is damaged: rebuild it",
+            path=path,
+        )
+    for name, meta in species.items():
+        lacking = [k for k in RECORDED if not isinstance(meta.get(k), int)]
+        if lacking:
+            raise StoreError(
+                f"{path}: species {name} has no {lacking[0]}; the store is damaged: rebuild it", path=path
+            )
+    return record

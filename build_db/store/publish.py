@@ -25,6 +25,7 @@ import duckdb
 
 from ..errors import HmbaError
 from ..files import save_json
+from . import integrity
 from .catalog import STORAGE_VERSION, sql_literal, view_sql, views_of, write_comments
 from .paths import BUILD_JSON, CATALOG, files_root
 
@@ -72,19 +73,16 @@ def publish(store: Path, base_url: str) -> dict:
     def url_of(path: Path) -> str:
         return base + path.relative_to(store).as_posix()
 
-    def explicit(sql: str) -> str:
-        """Each `'<root>/<glob>'` literal of a view replaced by the list of the files it matches, as URLs."""
+    root_url = base.rstrip("/") if root == store else url_of(root).rstrip("/")
 
-        def listing(m: re.Match) -> str:
-            pattern = m.group(1).replace("''", "'")
-            files = sorted(root.glob(pattern))
-            if not files:
-                raise HmbaError(f"{root / pattern}: no files; the store is incomplete: rebuild it")
-            served.update(files)
-            return "[" + ", ".join(sql_literal(url_of(f)) for f in files) + "]"
-
-        prefix = re.escape(str(root).replace("'", "''") + "/")
-        return re.sub(rf"'{prefix}((?:[^']|'')*)'", listing, sql)
+    def names(con) -> list[str]:
+        """The files the build wrote (store_files; a glob of the folders for a store built before it)."""
+        listed = integrity.listed(con, "src")
+        files = integrity.list_files(root) if listed is None else [f for f, _, _ in listed]
+        missing = [f for f in files if not (root / f).is_file()]
+        if missing:
+            raise HmbaError(f"{root / missing[0]}: missing; the store is incomplete: rebuild it")
+        return files
 
     tmp = store / f".{PUBLISHED}.tmp"
     tmp.unlink(missing_ok=True)
@@ -102,10 +100,14 @@ def publish(store: Path, base_url: str) -> dict:
         con.execute("use pub")
         for t in tables:
             con.execute(f"create table {t} as select * from src.main.{t}")
+        written = names(con)
         for name in views_of(con, "src"):
-            con.execute(explicit(view_sql(name, root)))
+            sql = view_sql(name, root_url, written)  # every file by URL: HTTP has no listing
+            prefix = root_url + "/"
+            served.update(root / url.replace("''", "'").removeprefix(prefix) for url in _urls(sql))
+            con.execute(sql)
         published_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        con.execute("update store_info set value = ? where key = 'store_path'", [url_of(root).rstrip("/")])
+        con.execute("update store_info set value = ? where key = 'store_path'", [root_url])
         con.executemany(
             "insert into store_info values (?, ?)", [("base_url", base), ("published_at", published_at)]
         )
@@ -129,6 +131,11 @@ def publish(store: Path, base_url: str) -> dict:
     os.replace(tmp, store / PUBLISHED)
     save_json(store / PUBLISHED_JSON, record)
     return record
+
+
+def _urls(sql: str) -> list[str]:
+    """The quoted URLs of a view's SQL (its files)."""
+    return re.findall(r"'((?:[a-z][a-z0-9+.-]*)://(?:[^']|'')*)'", sql)
 
 
 def _mapped_filesystem(base: str, store: Path):

@@ -350,6 +350,18 @@ STORE_INFO = Table(
     (C("key", "VARCHAR", "Fact name"), C("value", "VARCHAR", "Fact value, as text")),
 )
 
+STORE_FILES = Table(
+    "store_files",
+    "Every data file of this build (expression, expression_by_cell, aggregates, tables), with the size and "
+    "CRC-32 the build wrote: the views name these files one by one, and every reader checks them before "
+    "answering (a missing, resized or changed file is an error naming it; docs/store.md, Guarantees).",
+    (
+        C("path", "VARCHAR", "The file, relative to the build's snapshot folder"),
+        C("bytes", "BIGINT", "Its size in bytes"),
+        C("crc32", "BIGINT", "CRC-32 (zlib's) of its bytes"),
+    ),
+)
+
 LICENCE = Table(
     "licence",
     "The data's terms of use and how to cite the release, so a dashboard or an export carries them: the "
@@ -577,11 +589,14 @@ TABLES = (
     CELL_TOTALS,
     TERM_CELL_COUNTS,
     STORE_INFO,
+    STORE_FILES,
     LICENCE,
 )
 # Tables the metadata stage writes as Parquet under tables/; the catalog adds the others.
 PARQUET_TABLES = tuple(
-    t for t in TABLES if t.name not in ("cell_totals", "term_cell_counts", "store_info", "licence")
+    t
+    for t in TABLES
+    if t.name not in ("cell_totals", "term_cell_counts", "store_info", "store_files", "licence")
 )
 VIEWS = (
     EXPRESSION_COUNTS,

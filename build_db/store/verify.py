@@ -13,7 +13,6 @@ from the expression files for a sample of genes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
@@ -22,22 +21,73 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
-from ..errors import HmbaError
+from ..errors import StoreError
 from ..progress import worker_pool
-from .catalog import sql_literal
-from .paths import files_root, species_part, table_file
+from . import integrity
+from .catalog import recorded_path, sql_literal, view_sql, views_of
+from .paths import BUILD_JSON, CATALOG, files_root, read_build_record, species_part, table_file
 from .verify_stats import verify_statistics
 
 BATCH_ROWS = 4_000_000
 
 
+NEEDED = ("genes_per_bucket", "bucket_stats")  # beyond what read_build_record checks
+
+
 def _build_info(store: Path) -> dict:
-    path = Path(store) / "build.json"
-    if not path.exists():
-        raise HmbaError(
-            f"{path}: not found; {store} is not an hmba-db store (run hmba-db build first)", path=path
-        )
-    return json.loads(path.read_text())
+    info = read_build_record(store)
+    for sp, meta in info["species"].items():
+        lacking = [k for k in NEEDED if k not in meta]
+        if lacking:
+            raise StoreError(
+                f"{Path(store) / BUILD_JSON}: species {sp} has no {lacking[0]}; the store is damaged: "
+                "rebuild it",
+                path=Path(store) / BUILD_JSON,
+            )
+    return info
+
+
+def _catalog_problems(store: Path, root: Path, info: dict, species: list[str] | None = None) -> list[str]:
+    """The catalog every reader opens: there, openable, naming this build, its listed files present, and
+    each view readable (a missing file named there fails the view)."""
+    link = Path(store).absolute() / CATALOG
+    if not link.exists():
+        dangling = " (a link to a missing file)" if link.is_symlink() else ""
+        return [f"{link}: missing{dangling}; no reader can open the store: rebuild it"]
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"attach {sql_literal(link)} as catalog (read_only)")
+        con.execute("use catalog")
+    except duckdb.Error as e:
+        con.close()
+        return [f"{link}: cannot be opened ({' '.join(str(e).split())[:300]}); rebuild the store"]
+    problems = []
+    try:
+        built = dict(con.execute("select key, value from store_info").fetchall()).get("build_id")
+        if info.get("build_id") and built != info["build_id"]:
+            problems.append(
+                f"{link}: names build {built}, build.json names {info['build_id']}; rebuild the store"
+            )
+        rows = integrity.listed(con)
+        if rows is not None:
+            others = {f"species={s}/" for s in info["species"]} - {f"species={s}/" for s in species or ()}
+            mine = [r for r in rows if not species or not any(o in r[0] for o in others)]
+            problems += integrity.findings(root, mine)
+        moved = recorded_path(con) != str(root)  # read its views where it is now, as connect() does
+        names = None if rows is None else [f for f, _, _ in rows]
+        for view in views_of(con) if not problems else ():  # a damaged file fails its views: said once
+            try:
+                if moved:
+                    own = view_sql(view, root, names)
+                    con.execute(own.replace(f"create or replace view {view}", f"create temp view {view}", 1))
+                con.execute(f"select * from {view} limit 0").fetchall()
+            except duckdb.Error as e:
+                problems.append(f"view {view} cannot be read ({' '.join(str(e).split())[:300]})")
+    except duckdb.Error as e:
+        problems.append(f"{link}: cannot be read ({' '.join(str(e).split())[:300]}); rebuild the store")
+    finally:
+        con.close()
+    return problems
 
 
 def _scan(files: list[str], n_cells: int, genes: tuple[int, int] | None, rank_of=None) -> tuple:
@@ -126,16 +176,23 @@ def _scan(files: list[str], n_cells: int, genes: tuple[int, int] | None, rank_of
     return stats, cell_sum, cell_n, problems
 
 
-def verify_store(store: Path, species: list[str] | None = None, jobs: int = 2) -> list[str]:
+def verify_store(
+    store: Path, species: list[str] | None = None, jobs: int = 2, *, catalog: bool = True
+) -> list[str]:
     """Every disagreement between the store and its build record, one line each ([] means verified).
+
+    First the catalog (there, openable, naming this build, each listed file present with the size and
+    CRC-32 the build wrote, each view readable); then every file read back and reconciled. `catalog=False`
+    skips the first part (the build's own verify step, before its catalog is linked).
 
     Example:
         >>> verify_store(Path("data/store"))  # doctest: +SKIP
         []
     """
-    store = files_root(Path(store))
+    given = Path(store)
+    store = files_root(given)
     info = _build_info(store)
-    problems: list[str] = []
+    problems: list[str] = _catalog_problems(given, store, info, species) if catalog else []
     with worker_pool(jobs) as (pool, _):
         for sp, meta in info["species"].items():
             if species and sp not in species:

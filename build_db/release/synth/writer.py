@@ -73,7 +73,7 @@ def synth(
         >>> synth(Path("data/release"), scale=0.001, genes=2000)  # doctest: +SKIP
     """
     out = Path(out)
-    if scale <= 0 or scale > 1:
+    if not 0 < scale <= 1:  # nan fails this too
         raise HmbaError(f"--scale must be in (0, 1], got {scale}")
     unknown = [s for s in species if s not in R.SPECIES]
     if unknown:
