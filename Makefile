@@ -12,7 +12,7 @@ SCALE ?= 0.01
 SPECIES ?= Marmoset
 WHAT ?= raw,metadata,taxonomy
 
-.PHONY: help demo test test-bi bi-superset bi-evidence bench bench-full lint typecheck format synth check db docs clean
+.PHONY: help demo test test-bi bi-superset bi-evidence bench bench-full bench-sql lint typecheck format synth check db docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -77,6 +77,16 @@ EVIDENCE_STAMP := bi/evidence/node_modules/.installed
 $(EVIDENCE_STAMP): bi/evidence/package.json
 	npm install --silent --no-audit --no-fund --prefix bi/evidence
 	touch $(EVIDENCE_STAMP)
+
+# chDB (ClickHouse in-process) for `make bench-sql`: the peer engine a user might pick, on the same Parquet
+# files, in its own environment (it ships its own ClickHouse build and pins nothing of ours).
+CHDB := .venv-chdb
+CHDB_STAMP := $(CHDB)/.installed
+
+$(CHDB_STAMP):
+	$(PYTHON) -m venv $(CHDB)
+	$(CHDB)/bin/pip install --quiet "chdb>=4.4,<4.5"
+	touch $(CHDB_STAMP)
 
 # Java 17 for the Spark tests (pyspark comes with the test extras): Debian's JRE when none is installed.
 JAVA_STAMP := $(VENV)/.java
@@ -146,16 +156,26 @@ bench: $(STAMP) $(DUCKDB1_STAMP) $(NODE_STAMP) $(SOMA_STAMP) $(REMOTE_STAMP) $(J
 		--json $(DATA)/bench/serve-0.1.json
 	$(BIN)/python -m build_db.tools.bench_explorer $(DATA)/bench/store-0.1 --json $(DATA)/bench/explorer-0.1.json
 	$(BIN)/python -m build_db.tools.bench_abuse $(DATA)/bench/store-0.1 --json $(DATA)/bench/abuse-0.1.json
+	$(MAKE) bench-sql
 	$(BIN)/pytest -q -m slow
 
 # SPECIES given on the command line wins; otherwise Macaque (Human needs ~25 GB of release: check df -h).
 FULL_SPECIES := $(if $(filter command line,$(origin SPECIES)),$(SPECIES),Macaque)
 
-bench-full: $(STAMP) $(WRK_STAMP) $(CHROMIUM_STAMP) ## one species at --scale 1 (Macaque, or SPECIES=Human): synth once (~22 min, 11.5 GB), build, query table, the server and its page
+bench-full: $(STAMP) $(WRK_STAMP) $(CHROMIUM_STAMP) $(CHDB_STAMP) ## one species at --scale 1 (Macaque, or SPECIES=Human): synth once (~22 min, 11.5 GB), build, query table, the server and its page
 	$(BIN)/python -m build_db.tools.bench_full --out $(DATA)/bench-full --species $(FULL_SPECIES)
 	$(BIN)/python -m build_db.tools.bench_serve $(DATA)/bench-full/store --release $(DATA)/bench-full/release \
 		--json $(DATA)/bench-full/serve.json
 	$(BIN)/python -m build_db.tools.bench_explorer $(DATA)/bench-full/store --json $(DATA)/bench-full/explorer.json
+	$(BIN)/python -m build_db.tools.bench_sql $(DATA)/bench-full/store --species $(FULL_SPECIES) \
+		--release $(DATA)/bench-full/release --json $(DATA)/bench-full/sql.json
+
+SQL_DATA := $(DATA)/bench-sql
+
+bench-sql: $(STAMP) $(CHDB_STAMP) ## ad hoc SQL from either side on Human --scale 0.1 (made once): the views, routed, the floor, chDB, the h5ad
+	@test -e $(SQL_DATA)/release/releases/20250630/manifest.json || $(BIN)/hmba-db synth $(SQL_DATA)/release --scale 0.1 --species Human --force --quiet
+	@test -e $(SQL_DATA)/store/catalog.duckdb || $(BIN)/hmba-db build $(SQL_DATA)/release $(SQL_DATA)/store --quiet
+	$(BIN)/python -m build_db.tools.bench_sql $(SQL_DATA)/store --release $(SQL_DATA)/release --json $(SQL_DATA)/sql.json
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check build_db tests
@@ -186,5 +206,5 @@ docs: $(STAMP) $(CHROMIUM_STAMP) ## regenerate the manual's generated parts (nam
 	$(BIN)/python -m build_db.store.schema --write docs/data-dictionary.md
 
 clean: ## remove generated data, caches and the virtualenv
-	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) $(REMOTE) $(SUPERSET) tests/node/node_modules bi/evidence/node_modules .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(DATA) $(VENV) $(DUCKDB1) $(SOMA) $(REMOTE) $(SUPERSET) $(CHDB) tests/node/node_modules bi/evidence/node_modules .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -26,6 +26,7 @@ _PUBLIC = {
     "publish": ".store.publish",
     "relocate": ".store.catalog",
     "run_query": ".access.queries",
+    "sql": ".access.router",
     "store_info": ".access.info",
     "synth": ".release.synth",
     "to_anndata": ".access.export",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .access.info import store_info as store_info
     from .access.queries import list_queries as list_queries
     from .access.queries import run_query as run_query
+    from .access.router import sql as sql
     from .errors import HmbaError as HmbaError
     from .errors import ReleaseError as ReleaseError
     from .errors import StoreError as StoreError

@@ -530,12 +530,25 @@ def _emit(df, fmt: str) -> None:
     show_default=True,
     help="With --safe: threads the query may use.",
 )
-def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads):
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Also say (on stderr) which source answered and why, and the SQL that ran.",
+)
+@click.option(
+    "--as-written",
+    is_flag=True,
+    help="Run the SQL as written: no routing to the cell-major files or the statistics.",
+)
+def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads, explain, as_written):
     """Run SQL against the store's catalog (read-only) and print the result.
 
-    SQL is a query string, or - to read it from stdin. With --safe the query is treated as untrusted
+    SQL is a query string, or - to read it from stdin. A question is answered from the files that hold
+    its answer cheapest, with the same result (docs/sql.md, "Which view answers which question"): one
+    filtered on cells and not on genes from the cell-major files, an aggregate the statistics hold from
+    them; --explain says which, --as-written turns it off. With --safe the query is treated as untrusted
     (docs/sql.md, "Untrusted SQL"). Tables: cells, genes, taxonomy_terms, clusters, donors, libraries,
-    value_sets, ...; views: expression, expression_annotated (docs/data-dictionary.md).
+    value_sets, ...; views: expression, expression_annotated, term_gene_stats (docs/data-dictionary.md).
 
     Example:
 
@@ -555,21 +568,43 @@ def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads):
         from .access.sandbox import run_safe
 
         result = run_safe(
-            store, query, timeout=timeout, max_rows=max_rows, memory_limit=memory_limit, threads=threads
+            store,
+            query,
+            timeout=timeout,
+            max_rows=max_rows,
+            memory_limit=memory_limit,
+            threads=threads,
+            route=not as_written,
         )
+        if explain:
+            _explain(result.route)
         _emit(result.frame, fmt)
         if result.truncated:
             click.echo(f"(stopped at {max_rows:,} rows: --max-rows)", err=True)
         return
+    from .access.router import Routed, route
+
     con = connect(store)
+    chosen = Routed(query, "as written", "--as-written") if as_written else route(con, query)
+    if explain:
+        _explain(chosen.as_dict())
     try:
-        rel = con.sql(query)
+        rel = con.sql(chosen.sql)
         if rel is None:
             click.echo("(statement ran; no result)", err=True)
             return
         _stream(rel.to_arrow_reader(STREAM_ROWS), fmt, max_rows)
     except duckdb.Error as e:
         raise click.ClickException(_over_http(e) or " ".join(str(e).split())) from e
+
+
+def _explain(route: dict | None) -> None:
+    if route is None:
+        return
+    said = "answered from" if route["source"] != "as written" else "run"
+    click.echo(f"route: {said} {route['source']}: {route['why']}", err=True)
+    if route["source"] != "as written":
+        click.echo(f"route: ran {route['sql']}", err=True)
 
 
 STREAM_ROWS = 65_536  # rows per Arrow batch written out: a few MB, whatever the result's size

@@ -365,3 +365,25 @@ def test_a_server_with_a_token_asks_for_it(browser, tiny_store):
     finally:
         context.close()
         assert s.stop() == 0
+
+
+def test_the_sql_console_says_which_source_answered(page, server, tiny_store):
+    """A question the statistics hold is answered from them, and the console says so; its copy as Python
+    runs the same routed question through build_db.sql and gets the same rows."""
+    sql = (
+        "select gene_symbol, sum(raw_count) as counts from expression_annotated "
+        "where species = 'Human' and subclass_name = 'STR D1 MSN' group by 1 order by counts desc, 1 limit 5"
+    )
+    open_view(page, view="sql", sql=sql)
+    page.wait_for_selector("[data-testid=sql-table] table")
+    status = page.locator("#sql-status")
+    assert "answered from statistics" in status.inner_text()
+    assert "term_gene_sums" in status.get_attribute("title")
+    shown = downloaded_csv(page)
+    page.get_by_test_id("copy-python").click()
+    page.wait_for_selector("[data-testid=copy-text]:not([hidden])")
+    code = page.get_by_test_id("copy-text").inner_text()
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["frame"].attrs["route"]["source"] == "statistics"
+    pd.testing.assert_frame_equal(scope["frame"], shown, check_dtype=False)

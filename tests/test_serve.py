@@ -475,3 +475,24 @@ def test_no_generated_request_is_a_server_error(server):
 
         check()
     assert calls > 100 and failures == [], failures
+
+
+def test_sql_is_routed_and_says_so(server):
+    """POST /api/v1/sql answers from the source that holds the answer (here the statistics), with the rows
+    the question as written gives, and says which source and why; route=false runs it as written."""
+    sql = (
+        "select gene_symbol, sum(raw_count) as n, count(*) as cells from expression_annotated "
+        "where subclass_name = 'STR D1 MSN' group by 1 order by n desc, gene_symbol limit 10"
+    )
+    status, h, body = server.post(f"{API}/sql", {"sql": sql})
+    routed = json.loads(body)
+    assert (
+        status == 200
+        and routed["route"]["source"] == "statistics"
+        and "term_gene_sums" in routed["route"]["sql"]
+    )
+    status, h, body = server.post(f"{API}/sql", {"sql": sql, "route": False})
+    plain = json.loads(body)
+    assert (
+        plain["route"] is None and plain["rows"] == routed["rows"] and plain["columns"] == routed["columns"]
+    )

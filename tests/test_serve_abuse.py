@@ -137,7 +137,9 @@ def test_a_queued_sql_past_the_server_deadline_is_504_not_the_client_s_fault(tin
     from build_db.access import sandbox as SB
     from build_db.serve import app as A
 
-    def stuck(self, sql, *, timeout, max_rows, cancelled=None):  # waits for a child that never frees up
+    def stuck(
+        self, sql, *, timeout, max_rows, cancelled=None, route=False
+    ):  # waits for a child that never frees up
         while not cancelled.is_set():
             time.sleep(0.05)
         raise SB._Cancelled("the client went away; the query was stopped")

@@ -39,9 +39,9 @@ def test_scale_001_all_genes_builds_and_verifies(tmp_path):
                 gene_sum += np.bincount(x.indices, weights=x.data, minlength=len(gene_sum)).astype(np.int64)
         import duckdb
 
+        files = f"{files_root(store)}/expression/species={species}/*/*.parquet"  # the current snapshot's
         got = duckdb.sql(
-            "select gene_index, sum(raw_count) "
-            f"from read_parquet('{store}/expression/species={species}/*/*.parquet') group by gene_index"
+            f"select gene_index, sum(raw_count) from read_parquet('{files}') group by gene_index"
         ).fetchnumpy()
         have = np.zeros_like(gene_sum)
         have[got["gene_index"]] = got["sum(raw_count)"]

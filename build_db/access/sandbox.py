@@ -80,6 +80,7 @@ MAX_DEPTH_MESSAGE = (
 class SafeResult:
     frame: pd.DataFrame
     truncated: bool  # more rows existed than max_rows
+    route: dict | None = None  # with route=True: the source that answered, why, and the SQL run
 
 
 def allowed_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -235,15 +236,16 @@ def run_safe(
     max_rows: int = DEFAULT_MAX_ROWS,
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     threads: int = DEFAULT_THREADS,
+    route: bool = False,
 ) -> SafeResult:
     """Run one untrusted SELECT against the store's catalog under every sandbox layer, in a child process
-    of its own (started for it, ended after it).
+    of its own (started for it, ended after it); `route` as Sandbox.run takes it.
 
     Example:
         >>> run_safe(Path("data/demo-store"), "select count(*) from cells").frame  # doctest: +SKIP
     """
     with Sandbox(store, workers=1, memory_limit=memory_limit, threads=threads, keep_warm=False) as sandbox:
-        return sandbox.run(sql, timeout=timeout, max_rows=max_rows)
+        return sandbox.run(sql, timeout=timeout, max_rows=max_rows, route=route)
 
 
 def parse_bytes(text: str) -> int:
@@ -322,8 +324,10 @@ class Sandbox:
         timeout: float = DEFAULT_TIMEOUT,
         max_rows: int = DEFAULT_MAX_ROWS,
         cancelled: threading.Event | None = None,
+        route: bool = False,
     ) -> SafeResult:
-        """Vet and run one statement; `cancelled` (set by a server when its client goes away) stops it."""
+        """Vet and run one statement; `cancelled` (set by a server when its client goes away) stops it;
+        `route`: answered from the source that holds it cheapest (access/router.py), in the child."""
         if not isinstance(max_rows, int) or not 0 <= max_rows <= MAX_ROWS:
             raise UnsafeQuery(f"max_rows={max_rows}: give a row cap from 0 to {MAX_ROWS:,}")
         if not 0 < float(timeout) <= MAX_TIMEOUT:
@@ -332,7 +336,9 @@ class Sandbox:
         child = self._acquire(timeout, cancelled)
         try:
             header, payload = child.ask(
-                {"sql": sql, "max_rows": max_rows, "timeout": timeout}, timeout + GRACE, cancelled
+                {"sql": sql, "max_rows": max_rows, "timeout": timeout, "route": route},
+                timeout + GRACE,
+                cancelled,
             )
         except _Late:
             self._drop(child, replace=True)
@@ -358,7 +364,7 @@ class Sandbox:
             import pyarrow as pa
 
             table = pa.ipc.open_stream(payload).read_all()
-            return SafeResult(table.to_pandas(), bool(header["truncated"]))
+            return SafeResult(table.to_pandas(), bool(header["truncated"]), header.get("route"))
         if header["kind"] == "timeout":
             raise UnsafeQuery(f"the query ran longer than the {timeout:g} s time limit and was stopped")
         if header["kind"] == "memory":

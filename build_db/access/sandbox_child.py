@@ -8,8 +8,10 @@ DuckDB's interrupt is cooperative and a list-building statement never looks at i
 parent (PR_SET_PDEATHSIG), so a killed server or CLI leaves no child behind.
 
 Frames on the pipes are `multiprocessing.connection` messages: a request is JSON
-{"sql", "max_rows", "timeout"}; an answer is a JSON header {"ok": true, "truncated"} followed by the rows as
-an Arrow IPC stream, or {"ok": false, "kind": "timeout" | "memory" | "error", "message"}.
+{"sql", "max_rows", "timeout", "route"}; an answer is a JSON header {"ok": true, "truncated", "route"}
+followed by the rows as an Arrow IPC stream, or {"ok": false, "kind": "timeout" | "memory" | "error",
+"message"}. With "route", the statement is routed here (access/router.py), where it runs, so even the
+router's look at it (DuckDB binding it) happens under the sandbox.
 """
 
 from __future__ import annotations
@@ -86,16 +88,23 @@ def main(fd_in: int, fd_out: int, config: dict) -> None:
         timer.start()
         header: dict
         payload = None
+        routed = None
         try:
             max_rows = int(request["max_rows"])
-            reader = con.sql(request["sql"]).to_arrow_reader(min(max_rows + 1, 100_000))
+            sql = request["sql"]
+            if request.get("route"):
+                from .router import route
+
+                routed = route(con, sql)
+                sql = routed.sql
+            reader = con.sql(sql).to_arrow_reader(min(max_rows + 1, 100_000))
             table, truncated = first_rows(reader, max_rows)
             if not late.is_set():
                 sink = pa.BufferOutputStream()
                 with pa.ipc.new_stream(sink, table.schema) as writer:
                     writer.write_table(table)
                 payload = sink.getvalue()
-            header = {"ok": True, "truncated": truncated}
+            header = {"ok": True, "truncated": truncated, "route": routed.as_dict() if routed else None}
         except (duckdb.OutOfMemoryException, MemoryError) as e:
             header = {"ok": False, "kind": "memory", "message": " ".join(str(e).split())}
         except Exception as e:  # noqa: BLE001 - any DuckDB error is the query's, told in one line

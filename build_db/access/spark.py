@@ -23,7 +23,7 @@ from sqlglot import exp
 
 from ..errors import HmbaError
 from ..store import schema as S
-from ..store.catalog import VIEW_ORDER, view_sql
+from ..store.catalog import BY_CELL, VIEW_ORDER, view_sql
 from ..store.paths import BUILD_JSON, SNAPSHOTS, TABLES, is_url
 
 SPARK_TYPES = {
@@ -144,7 +144,7 @@ def _register_at(spark, root: str, views: bool = True) -> list[str]:
         return names
     by_name = {v.name: v for v in S.VIEWS}
     for name in VIEW_ORDER:
-        if name == "expression_by_cell" and not _exists(spark, f"{root}/expression_by_cell"):
+        if name in BY_CELL and not _exists(spark, f"{root}/expression_by_cell"):
             continue  # a store built without the cell-major copy (hmba-db build --no-cell-major)
         sql = view_sql(name, Path("/{store}"))
         sql = _with_file_views(spark, sql, root, by_name[name])

@@ -33,7 +33,11 @@ VENV = ROOT / ".venv-superset"
 DATABASE = "HMBA-BG store"
 DASHBOARD = "HMBA-BG markers"
 SLUG = "hmba-bg-markers"
-DATASETS = ("term_gene_stats", "cells", "expression_annotated")
+# The statistics, the cells, and the non-zeros from each side: expression_annotated for questions about
+# genes (sorted by gene), expression_annotated_by_cell for questions about cells (sorted by cell), as
+# docs/sql.md says which to use: Superset opens the catalog itself, so no router of ours chooses for it.
+DATASETS = ("term_gene_stats", "cells", "expression_annotated", "expression_annotated_by_cell")
+SUBCLASS = "STR D1 MSN"
 ADMIN = "admin"
 
 
@@ -113,12 +117,13 @@ def _genes_sql(genes: list[str]) -> str:
 
 
 def charts(species: str = "Human") -> list[Chart]:
-    """The dashboard's charts: the notebook's marker genes x Group, cells per Subclass per species, and
-    DRD1 by region."""
+    """The dashboard's charts: the notebook's marker genes x Group, cells per Subclass per species, DRD1
+    by region (a question about a gene) and the UMIs of one Subclass per donor (a question about cells)."""
     genes = list(NOTEBOOK_GENES)
     heat = _metric("mean_log2_cpm", "AVG", "mean log2(CPM+1)")
     cells = _metric(None, "COUNT", "cells")
     drd1 = _metric(None, "COUNT", "nuclei expressing DRD1")
+    umis = _metric("raw_count", "SUM", "UMIs")
     return [
         Chart(
             name=f"Marker genes x Group ({species})",
@@ -199,6 +204,27 @@ def charts(species: str = "Human") -> list[Chart]:
             },
             width=6,
             height=70,
+        ),
+        Chart(
+            name=f"UMIs of {SUBCLASS} per donor ({species}), from the cell-side dataset",
+            dataset="expression_annotated_by_cell",
+            viz_type="echarts_timeseries_bar",
+            columns=["donor_label"],
+            metric=umis,
+            filters=[_filter("species", "==", species), _filter("subclass_name", "==", SUBCLASS)],
+            sql=f"""select donor_label, sum(raw_count) from expression_annotated_by_cell
+                where species = '{species}' and subclass_name = '{SUBCLASS}' group by all order by 1""",
+            params={
+                "x_axis": "donor_label",
+                "metrics": [umis],
+                "groupby": [],
+                "orientation": "vertical",
+                "x_axis_sort_asc": True,
+                "show_legend": False,
+                "rich_tooltip": True,
+                "xAxisLabelRotation": 45,
+            },
+            height=60,
         ),
     ]
 

@@ -180,6 +180,11 @@ class SqlRequest(BaseModel):
     timeout: float = Field(
         D.SQL_TIMEOUT, gt=0, le=300, allow_inf_nan=False, description="Seconds before the query is stopped"
     )
+    route: bool = Field(
+        True,
+        description="Answer from the source that holds the answer cheapest (the cell-major files, the "
+        "statistics), with the same result; the answer's `route` says which and why. false: as written",
+    )
 
 
 class _Answers:
@@ -675,12 +680,15 @@ def create_app(config: ServeConfig) -> FastAPI:
 
             def make(s, _con, stop):  # no connection: the statement runs in a sandbox child
                 t0 = time.perf_counter()
-                result = s.sandbox().run(body.sql, timeout=limit, max_rows=cap, cancelled=stop)
+                result = s.sandbox().run(
+                    body.sql, timeout=limit, max_rows=cap, cancelled=stop, route=body.route
+                )
                 elapsed = (time.perf_counter() - t0) * 1000
                 extra = {
                     "max_rows": cap,
                     "truncated": result.truncated,
                     "elapsed_ms": round(elapsed, 2),
+                    "route": result.route,
                     "notes": [f"stopped at {cap:,} rows (max_rows)"] if result.truncated else [],
                 }
                 return frame_body(result.frame, fmt, s, extra)

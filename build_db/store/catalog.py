@@ -27,12 +27,14 @@ from .paths import CATALOG, files_root, is_url, table_file
 STORAGE_VERSION = "v1.1.0"  # readable by DuckDB >= 1.1 (tested with 1.1.3), which BI drivers embed
 CATALOG_ONLY = ("term_cell_counts", "store_info", "store_files", "licence")  # tables the catalog computes
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+BY_CELL = ("expression_by_cell", "expression_annotated_by_cell")  # views over the cell-major copy
 # Dependencies first; the *_sums views read Parquet files, the *_stats views read them.
 VIEW_ORDER = (
     "expression_counts",
     "expression_by_cell",
     "expression",
     "expression_annotated",
+    "expression_annotated_by_cell",
     "term_gene_sums",
     "region_group_gene_sums",
     "donor_group_gene_sums",
@@ -150,7 +152,7 @@ def write_catalog(files_at: Path, final: Path, info: dict[str, str]) -> bool:
     integrity.write_table(con, files)
     names = [f for f, _, _ in files]
     # A store built without the cell-major copy has no expression_by_cell folder, so no view over it.
-    views = [v for v in VIEW_ORDER if v != "expression_by_cell" or (files_at / "expression_by_cell").is_dir()]
+    views = [v for v in VIEW_ORDER if v not in BY_CELL or (files_at / "expression_by_cell").is_dir()]
     try:
         with _bindable(final, files_at):
             for name in views:

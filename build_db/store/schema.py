@@ -444,6 +444,15 @@ EXPRESSION_ANNOTATED = Table(
     kind="view",
 )
 
+EXPRESSION_ANNOTATED_BY_CELL = Table(
+    "expression_annotated_by_cell",
+    "The rows and columns of expression_annotated, read from the cell-major files: the view for questions "
+    "filtered on cells (a taxonomy term, a region, a donor, a list of cells) over every gene; only the "
+    "selected cells' row groups are read. A question about a few genes reads expression_annotated.",
+    EXPRESSION_ANNOTATED.columns,
+    kind="view",
+)
+
 _SUM_COLUMNS = (
     C("n_cells", "BIGINT", "Cells in the group (the same in every row of the group): divide sums by it"),
     C(
@@ -603,6 +612,7 @@ VIEWS = (
     EXPRESSION_BY_CELL,
     EXPRESSION,
     EXPRESSION_ANNOTATED,
+    EXPRESSION_ANNOTATED_BY_CELL,
     TERM_GENE_SUMS,
     REGION_GROUP_GENE_SUMS,
     DONOR_GROUP_GENE_SUMS,

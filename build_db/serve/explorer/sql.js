@@ -31,7 +31,7 @@ export async function render(page, ticket) {
   const maxRows = parseInt($("sql-max").value, 10) || 1000;
   const store = page.health.store;
   page.setCopies({
-    python: `import build_db\n\ncon = build_db.connect(${py(store)})\nframe = con.execute(${py(text)}).df()\n`,
+    python: `import build_db\n\nframe = build_db.sql(${py(store)}, ${py(text)})\n`,
     sql: text.trim().replace(/;?$/, ";\n"),
     cli: `hmba-db sql --safe ${shellQuote(store)} ${shellQuote(text.replace(/\s+/g, " ").trim())}`,
   });
@@ -58,7 +58,9 @@ export async function render(page, ticket) {
   if (!page.current(ticket)) return;
   result = answer;
   lastKey = key;
+  const routed = answer.route && answer.route.source !== "as written" ? `; answered from ${answer.route.source}` : "";
   $("sql-status").textContent = `${answer.rows.length.toLocaleString("en")} rows in ${answer.elapsed_ms} ms` +
-    (answer.truncated ? ` (stopped at ${answer.max_rows.toLocaleString("en")}: raise "rows at most" for more)` : "");
+    routed + (answer.truncated ? ` (stopped at ${answer.max_rows.toLocaleString("en")}: raise "rows at most" for more)` : "");
+  $("sql-status").title = answer.route ? `${answer.route.why}\n\n${answer.route.sql}` : "";
   table($("sql-table"), answer.columns, answer.rows);
 }
