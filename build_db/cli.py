@@ -548,7 +548,8 @@ def sql(store, query, fmt, safe, timeout, max_rows, memory_limit, threads, expla
     filtered on cells and not on genes from the cell-major files, an aggregate the statistics hold from
     them; --explain says which, --as-written turns it off. With --safe the query is treated as untrusted
     (docs/sql.md, "Untrusted SQL"). Tables: cells, genes, taxonomy_terms, clusters, donors, libraries,
-    value_sets, ...; views: expression, expression_annotated, term_gene_stats (docs/data-dictionary.md).
+    value_sets, ...; views: expression_annotated (by gene), expression_annotated_by_cell (by cell),
+    term_gene_means (per term, zeros filled), ... (docs/data-dictionary.md; recipes: docs/sql.md).
 
     Example:
 

@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 import build_db
-from build_db.access.router import route
+from build_db.access.router import _by_cell_of, route
 from build_db.cli import main
+from build_db.release import layout as R
 
 LEVEL_COLUMNS = ["neighborhood_name", "class_name", "subclass_name", "group_name", "cluster_name"]
 AGGREGATES = [
@@ -92,7 +93,7 @@ def _question(rng: random.Random, values: dict) -> str:
         where.append(f"cell_index < {rng.randrange(50, 900)}")
     if rng.random() < 0.05:
         where.append(f"raw_count > {rng.randrange(1, 4)}")
-    table = rng.choices(["expression_annotated", "expression_annotated_by_cell", "expression"], [7, 2, 1])[0]
+    table = rng.choices(["expression_annotated", "expression_annotated_by_cell", "expression"], [7, 2, 2])[0]
     if (
         table == "expression"
     ):  # its columns: species, gene_bucket, gene_index, cell_index, raw_count, log2_cpm
@@ -108,7 +109,7 @@ def _question(rng: random.Random, values: dict) -> str:
     aggregates = rng.sample(AGGREGATES, rng.choice([1, 2, 3]))
     if shape == "total":
         return f"select {', '.join(aggregates)} from {table}{clause}"
-    keys_pool = ["species", "gene_index"] if table == "expression" else KEYS + [level]
+    keys_pool = ["species", "gene_index", "cell_index"] if table == "expression" else KEYS + [level]
     keys = rng.sample(keys_pool, rng.choice([1, 1, 2]))
     named = [f"{a} as m{i}" if rng.random() < 0.5 else a for i, a in enumerate(aggregates)]
     by = ", ".join(keys) if rng.random() < 0.5 else ", ".join(str(i + 1) for i in range(len(keys)))
@@ -164,6 +165,10 @@ def test_a_generated_corpus_routed_equals_as_written(con, values):
         sql = _question(rng, values)
         routed = route(con, sql)
         seen[routed.source] = seen.get(routed.source, 0) + 1
+        if "join (select * from cells where species =" in routed.sql.lower():  # one species, integer keys
+            seen["one species"] = seen.get("one species", 0) + 1
+        elif "from expression_by_cell" in routed.sql.lower():  # the stored counts, per cell
+            seen["counts per cell"] = seen.get("counts per cell", 0) + 1
         n += 1
         ordered = " order by " in sql and " limit " in sql
         want_names, want = _rows(con, sql, ordered)
@@ -182,7 +187,9 @@ def test_a_generated_corpus_routed_equals_as_written(con, values):
     # Every rule was exercised, and the corpus is not all one kind (a test that cannot fail otherwise)
     assert seen.get("statistics", 0) >= 100, seen
     assert seen.get("cell-major files", 0) >= 100, seen
+    assert 50 <= seen.get("one species", 0) < seen["cell-major files"], seen  # both forms of the rule
     assert seen.get("expression_counts", 0) >= 50, seen
+    assert seen.get("counts per cell", 0) >= 10, seen
     assert seen.get("as written", 0) >= 100, seen
 
 
@@ -242,3 +249,21 @@ def test_explain_and_the_python_function_say_which_source_answered(tiny_store, c
     assert "route: run as written: --as-written" in r.stderr
     r = CliRunner().invoke(main, ["sql", str(tiny_store), sql, "--safe", "--explain", "--format", "csv"])
     assert r.exit_code == 0 and "route: answered from statistics" in r.stderr, r.output
+
+
+@pytest.mark.parametrize("species", R.SPECIES)
+def test_the_one_species_reading_has_the_view_s_columns_and_rows(con, species):
+    """What the router reads for one species' cell-side question: expression_annotated_by_cell's columns,
+    in order, and its rows for that species."""
+
+    one = _by_cell_of(species)
+    assert (
+        con.execute(f"describe {one}").fetchall()
+        == con.execute("describe select * from expression_annotated_by_cell").fetchall()
+    )
+    got = con.execute(f"select * from ({one}) order by cell_index, gene_index").fetchall()
+    want = con.execute(
+        "select * from expression_annotated_by_cell where species = ? order by cell_index, gene_index",
+        [species],
+    ).fetchall()
+    assert len(got) == len(want) > 0 and got == want

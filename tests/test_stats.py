@@ -175,3 +175,69 @@ def test_rebuilding_over_a_store_without_statistics_works(tiny_release, tmp_path
         assert c.execute("select count(*) from term_gene_stats").fetchall()[0][0] > 0
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(
+    "species,level", [("Human", "Subclass"), ("Marmoset", "Group"), ("Macaque", "Cluster")]
+)
+def test_term_gene_means_is_every_gene_x_every_term_with_zeros(tiny_release, con, species, level):
+    """The obvious "mean X per term" view, against numpy on the source matrix: every gene and term of the
+    species (zeros where no cell expresses it), NULL means only where the species has no cells of it."""
+    _, x, total, log2, _ = _source(tiny_release, species)
+    column = f"{level.lower()}_label"
+    cells = con.execute(f"select {column} from cells where species = ? order by cell_index", [species]).df()
+    got = con.execute(
+        "select * from term_gene_means where species = ? and level = ? order by term_order, gene_index",
+        [species, level],
+    ).df()
+    terms = con.execute(
+        "select term_label from taxonomy_terms where level = ? order by term_order", [level]
+    ).df()
+    own = set(cells[column].dropna())
+    listed = terms.term_label if level != "Cluster" else terms.term_label[terms.term_label.isin(own)]
+    n_genes = x.shape[1]
+    assert len(got) == len(listed) * n_genes
+    assert list(got.term_label.drop_duplicates()) == list(listed)
+    dense, raw = log2.toarray(), x.toarray()
+    for label, rows in got.groupby("term_label", sort=False):
+        members = (cells[column] == label).to_numpy()
+        rows = rows.sort_values("gene_index")
+        assert (rows.gene_index.to_numpy() == np.arange(n_genes)).all()
+        assert (rows.has_cells == (members.sum() > 0)).all() and (rows.n_cells == members.sum()).all()
+        if not members.any():  # a term of the taxonomy this species has no cells of: NULL, not zero
+            assert rows.mean_log2_cpm_all_cells.isna().all() and rows.fraction_expressing.isna().all()
+            assert (rows.n_expressing == 0).all()
+            continue
+        values, counts = dense[members], raw[members]
+        expressing = (counts > 0).sum(axis=0)
+        np.testing.assert_allclose(rows.mean_log2_cpm_all_cells, values.mean(axis=0), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(rows.n_expressing, expressing)
+        np.testing.assert_allclose(rows.fraction_expressing, expressing / members.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            over_expressing = values.sum(axis=0) / expressing
+        np.testing.assert_allclose(rows.mean_log2_cpm_expressing, over_expressing, rtol=1e-9)  # nan = nan
+        np.testing.assert_allclose(rows.mean_raw_all_cells, counts.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(
+            rows.pseudobulk_cpm, counts.sum(axis=0) / total[members].sum() * 1e6, rtol=1e-9
+        )
+    assert (got.n_expressing == 0).any(), "no zero-filled row: the case this view exists for is not tested"
+
+
+def test_term_gene_means_labels_are_unique_and_never_null(con):
+    genes = con.execute("select species, gene_index, gene_identifier, gene_symbol from genes").df()
+    labels = con.execute(
+        "select distinct species, gene_index, gene_label from term_gene_means where level = 'Neighborhood'"
+    ).df()
+    assert len(labels) == len(genes) and labels.gene_label.notna().all()
+    assert not labels.duplicated(["species", "gene_label"]).any()
+    merged = genes.merge(labels, on=["species", "gene_index"])
+    shared = merged.duplicated(["species", "gene_symbol"], keep=False) & merged.gene_symbol.notna()
+    unique = ~shared & merged.gene_symbol.notna()
+    assert (merged.gene_label[unique] == merged.gene_symbol[unique]).all()
+    assert (
+        merged.gene_label[merged.gene_symbol.isna()] == merged.gene_identifier[merged.gene_symbol.isna()]
+    ).all()
+    assert (
+        merged.gene_label[shared] == merged.gene_symbol[shared] + " (" + merged.gene_identifier[shared] + ")"
+    ).all()
+    assert shared.any() and merged.gene_symbol.isna().any(), "the tiny store lacks the cases this tests"

@@ -36,7 +36,13 @@ SLUG = "hmba-bg-markers"
 # The statistics, the cells, and the non-zeros from each side: expression_annotated for questions about
 # genes (sorted by gene), expression_annotated_by_cell for questions about cells (sorted by cell), as
 # docs/sql.md says which to use: Superset opens the catalog itself, so no router of ours chooses for it.
-DATASETS = ("term_gene_stats", "cells", "expression_annotated", "expression_annotated_by_cell")
+DATASETS = (
+    "term_gene_stats",
+    "term_gene_means",
+    "cells",
+    "expression_annotated",
+    "expression_annotated_by_cell",
+)
 SUBCLASS = "STR D1 MSN"
 ADMIN = "admin"
 
@@ -120,27 +126,27 @@ def charts(species: str = "Human") -> list[Chart]:
     """The dashboard's charts: the notebook's marker genes x Group, cells per Subclass per species, DRD1
     by region (a question about a gene) and the UMIs of one Subclass per donor (a question about cells)."""
     genes = list(NOTEBOOK_GENES)
-    heat = _metric("mean_log2_cpm", "AVG", "mean log2(CPM+1)")
+    heat = _metric("mean_log2_cpm_all_cells", "AVG", "mean log2(CPM+1)")
     cells = _metric(None, "COUNT", "cells")
     drd1 = _metric(None, "COUNT", "nuclei expressing DRD1")
     umis = _metric("raw_count", "SUM", "UMIs")
     return [
         Chart(
             name=f"Marker genes x Group ({species})",
-            dataset="term_gene_stats",
+            dataset="term_gene_means",  # every Group, zeros filled: no hole where a Group lacks the gene
             viz_type="heatmap_v2",
-            columns=["gene_symbol", "term_name"],
+            columns=["gene_label", "term_name"],
             metric=heat,
             filters=[
                 _filter("species", "==", species),
                 _filter("level", "==", "Group"),
-                _filter("gene_symbol", "IN", genes),
+                _filter("gene_label", "IN", genes),
             ],
-            sql=f"""select gene_symbol, term_name, avg(mean_log2_cpm) from term_gene_stats
-                where species = '{species}' and level = 'Group' and gene_symbol in ({_genes_sql(genes)})
+            sql=f"""select gene_label, term_name, avg(mean_log2_cpm_all_cells) from term_gene_means
+                where species = '{species}' and level = 'Group' and gene_label in ({_genes_sql(genes)})
                 group by all order by 1, 2""",
             params={
-                "x_axis": "gene_symbol",  # the genes across, the Groups down: Group names read level
+                "x_axis": "gene_label",  # the genes across, the Groups down: Group names read level
                 "groupby": "term_name",
                 "metric": heat,
                 "sort_x_axis": "alpha_asc",

@@ -39,6 +39,7 @@ VIEW_ORDER = (
     "region_group_gene_sums",
     "donor_group_gene_sums",
     "term_gene_stats",
+    "term_gene_means",
     "region_group_gene_stats",
     "donor_group_gene_stats",
 )

@@ -540,6 +540,52 @@ TERM_GENE_STATS = Table(
     ),
     kind="view",
 )
+TERM_GENE_MEANS = Table(
+    "term_gene_means",
+    "Every gene x every taxonomy term of each species (a species' own Clusters only), zeros filled: the "
+    'view for "mean expression of X per term". A term whose cells do not express the gene has zeros '
+    "(term_gene_stats "
+    "has no row); a term without cells in the species has has_cells = false and NULL means.",
+    (
+        *_GENE_KEY,
+        C("gene_identifier", "VARCHAR", "The release's gene key (genes.gene_identifier)"),
+        C("gene_symbol", "VARCHAR", "Gene symbol; not unique, NULL where the release has none"),
+        C(
+            "gene_label",
+            "VARCHAR",
+            "Unique within a species, never NULL: the symbol; 'SYMBOL (identifier)' where several genes "
+            "share the symbol; the identifier where there is none. Group by it, not by gene_symbol",
+        ),
+        C("level", "VARCHAR", "Taxonomy level"),
+        C("level_order", "INTEGER", "0 (Neighborhood) to 4 (Cluster)"),
+        C("term_label", "VARCHAR", "Taxonomy term label"),
+        C("term_name", "VARCHAR", "Taxonomy term name"),
+        C("term_order", "INTEGER", "Taxonomy order of the term within its level"),
+        C("has_cells", "BOOLEAN", "Whether the species has cells of the term; the means are NULL where not"),
+        C("n_cells", "BIGINT", "Cells of the species in the term (0 where none)"),
+        C("n_expressing", "BIGINT", "Cells of the term with a non-zero count of the gene (0 where none)"),
+        C("fraction_expressing", "DOUBLE", "n_expressing / n_cells; NULL without cells"),
+        C(
+            "mean_log2_cpm_all_cells",
+            "DOUBLE",
+            "Mean log2(CPM + 1) over all the term's cells, zeros included (what a dot plot's color shows); "
+            "NULL without cells",
+        ),
+        C(
+            "mean_log2_cpm_expressing",
+            "DOUBLE",
+            "Mean log2(CPM + 1) over the expressing cells only (what avg(log2_cpm) over expression_annotated "
+            "gives); NULL where no cell expresses the gene",
+        ),
+        C("mean_raw_all_cells", "DOUBLE", "Mean raw count over all the term's cells, zeros included"),
+        C(
+            "pseudobulk_cpm",
+            "DOUBLE",
+            "The term's pooled counts per million: sum of raw / sum of total counts x 1e6",
+        ),
+    ),
+    kind="view",
+)
 REGION_GROUP_GENE_STATS = Table(
     "region_group_gene_stats",
     "region_group_gene_sums as means, variances and fractions, with names." + _STATS_NOTE,
@@ -617,6 +663,7 @@ VIEWS = (
     REGION_GROUP_GENE_SUMS,
     DONOR_GROUP_GENE_SUMS,
     TERM_GENE_STATS,
+    TERM_GENE_MEANS,
     REGION_GROUP_GENE_STATS,
     DONOR_GROUP_GENE_STATS,
 )

@@ -92,6 +92,7 @@ def _names(con, species: str) -> dict:
     ]
     for g in ("DRD1", "PENK", "PLP1", "DRD2"):
         q[g] = int(first(f"select gene_index from genes where SP and gene_symbol = '{g}'"))
+        q[g, "bucket"] = int(first(f"select gene_bucket from genes where SP and gene_symbol = '{g}'"))
     return q
 
 
@@ -198,9 +199,15 @@ def questions(con, species: str) -> list[Question]:
         )
     )
 
+    def bucket(gene: str, clickhouse: bool = False) -> str:
+        """The gene's bucket folder: the floor reads it alone, as the views' join to genes lets DuckDB do."""
+        one = "{root}/expression/species=" + species + f"/gene_bucket={n[gene, 'bucket']:04d}/*.parquet"
+        return f"file('{one}', Parquet)" if clickhouse else f"read_parquet('{one}')"
+
     def one_gene(name: str, gene: str, keys: str, measure: str, ch_measure: str, where: str = "") -> Question:
         """A question of one gene's non-zeros, with the cells' columns it needs."""
         i = n[gene]
+        bg, ch_bg = bucket(gene), bucket(gene, True)
         needed = ", ".join(sorted({"cell_index", *(k for k in keys.split(", ")), "total_counts"}))
         also = f" and c.{where}" if where else ""
         return Question(
@@ -262,10 +269,11 @@ def questions(con, species: str) -> list[Question]:
             "gene_symbol "
             f"= 'DRD1' intersect select cell_index from expression_annotated where {sp} and gene_symbol = "
             "'DRD2')",
-            f"select count(*) as n from (select cell_index from {bg} where gene_index = {d1} intersect "
-            f"select cell_index from {bg} where gene_index = {d2})",
-            f"select count() as n from (select cell_index from {ch_bg} where gene_index = {d1} intersect "
-            f"distinct select cell_index from {ch_bg} where gene_index = {d2})",
+            f"select count(*) as n from (select cell_index from {bucket('DRD1')} where gene_index = {d1} "
+            f"intersect select cell_index from {bucket('DRD2')} where gene_index = {d2})",
+            f"select count() as n from (select cell_index from {bucket('DRD1', True)} "
+            f"where gene_index = {d1} intersect distinct select cell_index from {bucket('DRD2', True)} "
+            f"where gene_index = {d2})",
         )
     )
     fifty = f"{sp} and gene_symbol in ({_list(n['genes50'])})"
