@@ -210,6 +210,10 @@ def test_the_routes_of_the_issue_s_questions(con):
         "select avg(log2_cpm) from expression_annotated where gene_symbol = 'PLP1' "
         "and group_name = 'Astrocyte' and donor_label = 'H18.30.001'": "as written",
         "select * from expression_annotated where gene_symbol = 'PLP1'": "as written",
+        "select cell_index, count(*) as genes from expression "
+        "where species = 'Human' group by 1": "cell-major files",  # per cell, every gene: sorted by cell
+        "select cell_index, sum(raw_count) from expression "
+        "where species = 'Human' and gene_index = 5 group by 1": "expression_counts",  # one gene: by gene
     }
     for sql, source in cases.items():
         assert route(con, sql).source == source, sql

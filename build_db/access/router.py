@@ -403,7 +403,12 @@ def _counts(described: list, tree: exp.Select, views: set[str]) -> Routed | None
         if isinstance(g, exp.Literal) and g.is_int and 0 < int(g.this) <= len(out.expressions):
             g = out.expressions[int(g.this) - 1].unalias()  # group by 1: the first column's expression
         keys |= {c.name.lower() for c in g.find_all(exp.Column)}
-    by_cell = "cell_index" in keys and "gene_index" not in keys and "gene_bucket" not in used
+    where = out.args.get("where")
+    on_genes = where is not None and any(
+        c.name.lower() in ("gene_index", "gene_bucket") for c in where.find_all(exp.Column)
+    )
+    # per cell over every gene: the files sorted by cell; a filter on genes keeps the gene-major files
+    by_cell = "cell_index" in keys and "gene_index" not in keys and "gene_bucket" not in used and not on_genes
     t.set("this", exp.to_identifier(CELL_COUNTS if by_cell and CELL_COUNTS in views else COUNTS))
     if not t.alias:
         t.set("alias", exp.TableAlias(this=exp.to_identifier(table.name)))

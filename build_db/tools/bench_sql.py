@@ -1,6 +1,7 @@
 """`make bench-sql` (run by `make bench` and `make bench-full` too): ad hoc SQL from either side, timed.
 
     python -m build_db.tools.bench_sql STORE [--species Human] [--json OUT] [--no-chdb] [--release DIR]
+        [--only TEXT ...]
 
 A workload of questions written the obvious way on the documented views, half filtered on cells (a term
 at each level, a region, a donor, a region within a term, a list of cells, cells gated on a gene's count),
@@ -425,14 +426,16 @@ def _h5ad_ms(release: Path, con, species: str, column: str, value: str) -> float
     return (time.perf_counter() - t0) * 1000
 
 
-def measure(store: Path, species: str, chdb: bool, release: Path | None) -> dict:
+def measure(
+    store: Path, species: str, chdb: bool, release: Path | None, only: list[str] | None = None
+) -> dict:
     import build_db
 
     root = files_root(store)
     plain = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
     ours = build_db.connect(store)
     floor = duckdb.connect()
-    qs = questions(ours, species)
+    qs = [q for q in questions(ours, species) if not only or any(o in q.name for o in only)]
     for q in qs:
         q.floor = q.floor.replace("{root}", str(root))
         q.clickhouse = q.clickhouse.replace("{root}", str(root))
@@ -530,12 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-chdb", action="store_true", help="leave out chDB (needs .venv-chdb)")
     ap.add_argument(
+        "--only", action="append", help="the questions whose name contains this text (repeatable)"
+    )
+    ap.add_argument(
         "--release", type=Path, help="the store's release: add the h5ad column for cell questions"
     )
     args = ap.parse_args(argv)
     if not args.no_chdb and not (CHDB_ENV / "bin" / "python").exists():
         raise SystemExit(f"{CHDB_ENV}: missing; make bench-sql installs chDB there (or pass --no-chdb)")
-    m = measure(args.store, args.species, not args.no_chdb, args.release)
+    m = measure(args.store, args.species, not args.no_chdb, args.release, args.only)
     print(table(m))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
