@@ -37,7 +37,13 @@ def test_register_gives_every_table_and_view(spark, registered, tiny_store):
         (n,) = con.execute(f"select count(*) from {name}").fetchall()[0]
         assert spark.table(name).count() == n, name
     # The same columns and the same types as DuckDB's (gene_bucket is an int in both).
-    for name in ("expression", "term_gene_stats", "expression_annotated", "donor_group_gene_stats"):
+    for name in (
+        "expression",
+        "term_gene_stats",
+        "term_gene_means",
+        "expression_annotated",
+        "donor_group_gene_stats",
+    ):
         assert spark.table(name).columns == [r[0] for r in con.execute(f"describe {name}").fetchall()], name
     fields = {f.name: f.dataType.simpleString() for f in spark.table("expression_counts").schema.fields}
     assert fields == {
@@ -47,6 +53,12 @@ def test_register_gives_every_table_and_view(spark, registered, tiny_store):
         "cell_index": "int",
         "raw_count": "int",
     }
+    # Zeros filled in Spark as in DuckDB: every Subclass, the same means.
+    q = (
+        "select term_label, has_cells, n_expressing, mean_log2_cpm_all_cells from term_gene_means "
+        "where species = 'Human' and gene_symbol = 'DRD1' and level = 'Subclass' order by term_label"
+    )
+    pd.testing.assert_frame_equal(spark.sql(q).toPandas(), con.execute(q).df(), check_dtype=False)
     # Every non-zero: the sums reconcile with DuckDB's.
     q = "select species, count(*) as n, sum(raw_count) as total from expression group by 1 order by 1"
     local = con.execute(q).df()
