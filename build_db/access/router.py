@@ -177,6 +177,17 @@ def _literal_filter(pred: exp.Expr) -> str | None:
     return None
 
 
+def _group_keys(tree: exp.Select) -> list[exp.Expr]:
+    """The GROUP BY expressions, a position (`group by 1`) read as the select item it names."""
+    group = tree.args.get("group")
+    out = []
+    for g in group.expressions if group else []:
+        if isinstance(g, exp.Literal) and g.is_int and 0 < int(g.this) <= len(tree.expressions):
+            g = tree.expressions[int(g.this) - 1].unalias()
+        out.append(g)
+    return out
+
+
 def _columns(node: exp.Expr) -> set[str]:
     return {c.name.lower() for c in node.find_all(exp.Column)}
 
@@ -199,9 +210,7 @@ def _statistics(described: list, tree: exp.Select, views: set[str]) -> Routed | 
     allowed = {"species", *GENE_COLUMNS, level_column}
     group = tree.args.get("group")
     keys = []
-    for g in group.expressions if group else []:
-        if isinstance(g, exp.Literal) and g.is_int and 0 < int(g.this) <= len(tree.expressions):
-            g = tree.expressions[int(g.this) - 1].unalias()
+    for g in _group_keys(tree):
         if not isinstance(g, exp.Column) or g.name.lower() not in allowed:
             return None
         keys.append(g.name.lower())
@@ -310,7 +319,7 @@ def _cells(described: list, tree: exp.Select, views: set[str]) -> Routed | None:
         on_genes = [c for p in own for c in _own_columns(p, select) if c.name.lower() in GENE_COLUMNS]
         if not on_cells or on_genes:
             continue
-        species = _one_species(own, select)
+        species = _one_species(own)
         if species is None:
             table.set("this", exp.to_identifier(BY_CELL))
             if not table.alias:
@@ -334,7 +343,7 @@ def _cells(described: list, tree: exp.Select, views: set[str]) -> Routed | None:
     )
 
 
-def _one_species(own: list[exp.Expr], select: exp.Select) -> str | None:
+def _one_species(own: list[exp.Expr]) -> str | None:
     """The species of a `species = 'X'` among a reading's own filters, else None."""
     for p in own:
         if (
@@ -397,12 +406,7 @@ def _counts(described: list, tree: exp.Select, views: set[str]) -> Routed | None
         return None
     out = tree.copy()
     (t,) = _tables(out)
-    group = out.args.get("group")
-    keys = set()
-    for g in group.expressions if group else []:
-        if isinstance(g, exp.Literal) and g.is_int and 0 < int(g.this) <= len(out.expressions):
-            g = out.expressions[int(g.this) - 1].unalias()  # group by 1: the first column's expression
-        keys |= {c.name.lower() for c in g.find_all(exp.Column)}
+    keys = {c.name.lower() for g in _group_keys(out) for c in g.find_all(exp.Column)}
     where = out.args.get("where")
     on_genes = where is not None and any(
         c.name.lower() in ("gene_index", "gene_bucket") for c in where.find_all(exp.Column)
